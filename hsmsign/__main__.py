@@ -1,0 +1,3 @@
+from hsmsign.cli import main
+
+main()

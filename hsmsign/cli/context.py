@@ -1,0 +1,106 @@
+"""What every command shares: options, the home, the stores, secrets, and output."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+
+class TerminalPrompter:
+    """Asks on the terminal without echo; used only when stdin is a terminal."""
+
+    def ask_secret(self, prompt: str) -> str:
+        return getpass.getpass(prompt)
+
+    def tell(self, message: str) -> None:
+        click.echo(message, err=True)
+
+
+@dataclass
+class AppContext:
+    home_option: str | None = None
+    pkcs11_module: str | None = None
+    verbose: bool = False
+    json: bool = False
+    force: bool = False
+    _stores: Any = field(default=None, repr=False)
+    _secrets: Any = field(default=None, repr=False)
+
+    @property
+    def home(self):
+        from hsmsign.config import resolve_home
+
+        return resolve_home(self.home_option)
+
+    @property
+    def secrets(self):
+        if self._secrets is None:
+            from hsmsign.secrets import Secrets
+
+            self._secrets = Secrets(prompter=TerminalPrompter() if sys.stdin.isatty() else None)
+        return self._secrets
+
+    @property
+    def stores(self):
+        if self._stores is None:
+            from hsmsign.config import load_token_config
+            from hsmsign.keystore.stores import KeyStores
+
+            config = load_token_config(self.home, module=self.pkcs11_module)
+            self._stores = KeyStores(self.home, self.secrets, config, force=self.force)
+        return self._stores
+
+    def close(self) -> None:
+        if self._stores is not None:
+            self._stores.close()
+
+    # -- output ------------------------------------------------------------------------
+
+    def emit_json(self, data: Any) -> None:
+        click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+    def note(self, message: str) -> None:
+        """A line for the person (stderr, so that stdout stays parseable)."""
+        click.echo(message, err=True)
+
+    def table(self, columns: list[str], rows: list[list[str]], empty: str) -> None:
+        if not rows:
+            self.note(empty)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in columns:
+            table.add_column(column, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=1000)  # whole lines for grep and scripts
+        console.print(table)
+
+
+def _set_flag(name: str):
+    def callback(ctx: click.Context, _param, value: bool):
+        if value:
+            setattr(ctx.ensure_object(AppContext), name, True)
+    return callback
+
+
+def common_options(f):
+    """`--json` and `--force`, accepted before or after the subcommand."""
+    f = click.option("--json", "json_", is_flag=True, expose_value=False, is_eager=True,
+                     callback=_set_flag("json"), help="Print machine-readable JSON.")(f)
+    f = click.option("--force", is_flag=True, expose_value=False, is_eager=True,
+                     callback=_set_flag("force"),
+                     help="Go ahead where hsmsign would stop to protect you.")(f)
+    return f
+
+
+pass_app = click.make_pass_decorator(AppContext, ensure=True)

@@ -1,0 +1,162 @@
+"""`hsmsign key ...`: generate, list, import, export, remove, passwd."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from hsmsign.cli.context import common_options, pass_app
+from hsmsign.keys import ALGORITHMS, DEFAULT_ALGORITHM
+
+KEY_COLUMNS = ["ROLE", "GUN", "KEY ID", "ALGORITHM", "STORE", "LOCATION"]
+
+
+def _row(record) -> list[str]:
+    return [record.role, record.gun or "", record.keyid, record.algorithm, record.store,
+            record.location]
+
+
+@click.group()
+def key():
+    """Generate, list, import, export and remove signing keys."""
+
+
+@key.command()
+@click.argument("role")
+@click.option("--gun", help="Globally unique name of the repository (DCT), e.g. docker.io/org/app.")
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM,
+              show_default=True)
+@click.option("--store", type=click.Choice(["auto", "file", "token"]), default="auto",
+              show_default=True,
+              help="auto: root on a hardware token when one is present, else a file.")
+@common_options
+@pass_app
+def generate(app, role, gun, algorithm, store):
+    """Generate a new key for ROLE (root, targets, snapshot, timestamp or a delegation)."""
+    from hsmsign.keys import algorithm as find_algorithm
+    from hsmsign.keys import normalize_role
+
+    role = normalize_role(role)
+    record, why = app.stores.generate(role, gun, find_algorithm(algorithm), store)
+    app.note(f"Generated {record.algorithm} {role} key {record.keyid}")
+    app.note(f"  stored in {record.store} {record.location}")
+    app.note(f"  because {why}")
+    if app.json:
+        app.emit_json(record.to_json())
+    else:
+        click.echo(record.keyid)
+
+
+@key.command("list")
+@common_options
+@pass_app
+def list_(app):
+    """Every key in every store; never asks for a passphrase."""
+    listing = app.stores.list_keys()
+    for warning in listing.warnings:
+        app.note(f"warning: {warning}")
+    keys = sorted(listing.keys, key=lambda r: (r.role, r.gun or "", r.keyid, r.store))
+    if app.json:
+        app.emit_json([r.to_json() for r in keys])
+    else:
+        app.table(KEY_COLUMNS, [_row(r) for r in keys], "No keys. Create one with `hsmsign key generate ROLE`.")
+
+
+@key.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--role", help="Role of the key(s), when the file does not say.")
+@click.option("--gun", help="GUN of the key(s), when the file does not say.")
+@click.option("--store", type=click.Choice(["file", "token"]), default="file", show_default=True)
+@common_options
+@pass_app
+def import_(app, path, role, gun, store):
+    """Import a PEM private key, or every key of a notary / docker trust dir."""
+    from hsmsign.keystore.importing import import_keys
+
+    results = import_keys(app.stores, path, role=role, gun=gun, store=store)
+    if app.json:
+        app.emit_json([r.to_json() for r in results])
+        return
+    for r in results:
+        where = f" (gun {r.gun})" if r.gun else ""
+        app.note(f"{r.path}: {r.action} {r.role} key{where} as {r.keyid} [{r.store}]")
+
+
+@key.command()
+@click.argument("keyid")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of standard output.")
+@click.option("--private", is_flag=True, help="Export the private key (encrypted).")
+@click.option("--format", "format_", type=click.Choice(["pem", "notary"]), default="pem",
+              show_default=True, help="notary: what notary / `docker trust key load` reads.")
+@common_options
+@pass_app
+def export(app, keyid, output, private, format_):
+    """Export a key: its public key PEM, or with --private --format notary the encrypted key."""
+    from hsmsign.errors import HsmsignError
+    from hsmsign.fsutil import atomic_write
+    from hsmsign.keys import public_key_pem
+
+    stores = app.stores
+    keyid = stores.resolve(keyid)
+    if private:
+        if format_ != "notary":
+            raise HsmsignError("a private key is exported only as --format notary")
+        if "file" not in [r.store for r in stores.locate(keyid)]:
+            raise HsmsignError(f"key {keyid} is on a hardware token and cannot leave it")
+        data = stores.files.notary_export(keyid)
+    else:
+        data = public_key_pem(stores.public_key(keyid))
+    if output is None:
+        sys.stdout.buffer.write(data)
+        return
+    atomic_write(output, data, mode=0o600 if private else 0o644)
+    app.note(f"Wrote {'private' if private else 'public'} key {keyid} to {output}")
+
+
+@key.command()
+@click.argument("keyid")
+@common_options
+@pass_app
+def remove(app, keyid):
+    """Remove a key from every store that holds it (asks first; --force does not ask)."""
+    from hsmsign.errors import HsmsignError
+
+    stores = app.stores
+    keyid = stores.resolve(keyid)
+    records = stores.locate(keyid)
+    where = ", ".join(f"{r.store} {r.location}" for r in records)
+    if not app.force:
+        if not sys.stdin.isatty():
+            raise HsmsignError(f"removing {keyid} cannot be undone; re-run with --force to confirm")
+        click.confirm(f"Remove {records[0].role} key {keyid} from {where}? This cannot be undone",
+                      abort=True, err=True)
+    removed = stores.remove(keyid)
+    if app.json:
+        app.emit_json([r.to_json() for r in removed])
+    else:
+        app.note(f"Removed key {keyid} from {where}")
+
+
+@key.command()
+@click.argument("keyid")
+@common_options
+@pass_app
+def passwd(app, keyid):
+    """Change the passphrase of a key file (new passphrase from $HSMSIGN_NEW_PASSPHRASE or a prompt)."""
+    from hsmsign.errors import HsmsignError
+
+    stores = app.stores
+    keyid = stores.resolve(keyid)
+    if keyid not in stores.files.keyids():
+        raise HsmsignError(f"key {keyid} is not a file key; a token key is protected by the token's PIN")
+    record = stores.files.record(keyid)
+    stores.files.private_key(keyid)  # the old passphrase first
+    new = app.secrets.ask_new_passphrase(f"{record.role} key {keyid[:7]}", ["HSMSIGN_NEW_PASSPHRASE"])
+    record = stores.files.change_passphrase(keyid, new)
+    if app.json:
+        app.emit_json(record.to_json())
+    else:
+        app.note(f"Changed the passphrase of {record.role} key {keyid}")

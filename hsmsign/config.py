@@ -1,0 +1,77 @@
+"""Where hsmsign keeps things, and which PKCS#11 token it uses.
+
+Home: `--home`, else `$HSMSIGN_HOME`, else `~/.hsmsign`. Token settings come from the command
+line, else the environment, else `<home>/config.toml`:
+
+    [pkcs11]
+    module = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label = "hsmsign"      # or token_serial = "..."
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hsmsign.errors import HsmsignError
+
+# Searched in this order when no module is configured: a YubiKey first, then generic
+# smart cards, then SoftHSM.
+WELL_KNOWN_MODULES = (
+    "/usr/lib/x86_64-linux-gnu/libykcs11.so",
+    "/usr/lib/aarch64-linux-gnu/libykcs11.so",
+    "/usr/local/lib/libykcs11.so",
+    "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
+    "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+
+
+def resolve_home(explicit: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit).expanduser()
+    if environ.get("HSMSIGN_HOME"):
+        return Path(environ["HSMSIGN_HOME"]).expanduser()
+    return Path("~/.hsmsign").expanduser()
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Which PKCS#11 module and token to use; `module=None` means "look in the usual places"."""
+
+    module: str | None = None
+    label: str | None = None
+    serial: str | None = None
+    explicit: bool = False  # configured by the user (not found by searching)
+
+    def candidate_modules(self) -> list[str]:
+        if self.module:
+            return [self.module]
+        return [m for m in WELL_KNOWN_MODULES if os.path.exists(m)]
+
+
+def load_token_config(home: Path, *, module: str | None = None,
+                      environ: Mapping[str, str] | None = None) -> TokenConfig:
+    environ = os.environ if environ is None else environ
+    file_settings: dict = {}
+    config_file = home / "config.toml"
+    if config_file.exists():
+        import tomllib
+
+        try:
+            file_settings = tomllib.loads(config_file.read_text()).get("pkcs11", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise HsmsignError(f"{config_file} is not valid TOML ({e}); fix or remove it") from None
+    module = module or environ.get("HSMSIGN_PKCS11_MODULE") or file_settings.get("module")
+    label = environ.get("HSMSIGN_TOKEN_LABEL") or file_settings.get("token_label")
+    serial = environ.get("HSMSIGN_TOKEN_SERIAL") or file_settings.get("token_serial")
+    return TokenConfig(
+        module=module or None,
+        label=label or None,
+        serial=serial or None,
+        explicit=bool(module or label or serial),
+    )

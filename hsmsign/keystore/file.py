@@ -1,0 +1,176 @@
+"""Passphrase-encrypted key files, notary-compatible.
+
+Layout under the home:
+
+    private/<keyid>.key   PEM "ENCRYPTED PRIVATE KEY" (PKCS#8, PBES2, PBKDF2-HMAC-SHA256,
+                          600,000 iterations, AES-256-CBC) with `role:` and `gun:` headers
+    public/<keyid>.pub    the public key (SubjectPublicKeyInfo PEM), so that listing and
+                          exporting never need the passphrase
+
+Directories are 0700, files 0600, every write atomic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hsmsign import pkcs8
+from hsmsign.errors import HsmsignError, NotFound
+from hsmsign.fsutil import atomic_write, ensure_private_dir, fsync_dir
+from hsmsign.keys import (
+    KeyRecord,
+    algorithm_of,
+    key_id,
+    load_public_key_pem,
+    public_key_pem,
+)
+from hsmsign.secrets import Secrets, passphrase_variables
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+KDF_ITERATIONS = 600_000
+STORE = "file"
+
+
+class FileKeyStore:
+    """Keys in `<home>/private`, each decrypted at most once per process."""
+
+    kind = STORE
+
+    def __init__(self, home: Path, secrets: Secrets, *, kdf_iterations: int = KDF_ITERATIONS):
+        self.home = home
+        self.private_dir = home / "private"
+        self.public_dir = home / "public"
+        self.secrets = secrets
+        self.kdf_iterations = kdf_iterations
+        self._unlocked: dict[str, PrivateKeyTypes] = {}
+
+    # -- reading -----------------------------------------------------------------------
+
+    def key_path(self, keyid: str) -> Path:
+        return self.private_dir / f"{keyid}.key"
+
+    def keyids(self) -> list[str]:
+        if not self.private_dir.is_dir():
+            return []
+        return sorted(p.name[:-4] for p in os.scandir(self.private_dir)
+                      if p.name.endswith(".key") and not p.name.startswith("."))
+
+    def list_keys(self) -> list[KeyRecord]:
+        return [self.record(k) for k in self.keyids()]
+
+    def record(self, keyid: str) -> KeyRecord:
+        path = self.key_path(keyid)
+        try:
+            block = pkcs8.read_private_key_pem(path.read_bytes())
+        except FileNotFoundError:
+            raise NotFound(f"no key file for {keyid}") from None
+        except pkcs8.KeyFormatError as e:
+            raise HsmsignError(f"key file {path} is corrupt ({e}); restore it from a backup") from None
+        headers = {k.lower(): v for k, v in block.headers.items()}
+        try:
+            alg = algorithm_of(self.public_key(keyid)).name
+        except NotFound:
+            alg = "unknown"
+        return KeyRecord(
+            keyid=keyid,
+            role=headers.get("role", "unknown"),
+            gun=headers.get("gun") or None,
+            algorithm=alg,
+            store=STORE,
+            location=str(path),
+        )
+
+    def public_key(self, keyid: str):
+        try:
+            return load_public_key_pem((self.public_dir / f"{keyid}.pub").read_bytes())
+        except FileNotFoundError:
+            raise NotFound(f"no public key file for {keyid}") from None
+
+    def private_key(self, keyid: str) -> PrivateKeyTypes:
+        """Decrypt a key with its role's passphrase (asked once per process)."""
+        if keyid in self._unlocked:
+            return self._unlocked[keyid]
+        record = self.record(keyid)
+        data = self.key_path(keyid).read_bytes()
+        passphrase = self.secrets.passphrase(record.role, purpose=f"{record.role} key {keyid[:7]}")
+        key = self._decrypt(data, passphrase, record)
+        if key_id(key.public_key()) != keyid:
+            raise HsmsignError(
+                f"key file {self.key_path(keyid)} holds a different key than its name says; "
+                "restore it from a backup"
+            )
+        if not (self.public_dir / f"{keyid}.pub").exists():
+            self._write_public(keyid, key)
+        self._unlocked[keyid] = key
+        return key
+
+    def _decrypt(self, data: bytes, passphrase: str, record: KeyRecord) -> PrivateKeyTypes:
+        try:
+            return pkcs8.load_private_key(data, passphrase.encode())
+        except pkcs8.WrongPassphrase:
+            self.secrets.forget_passphrase(record.role)
+            raise HsmsignError(
+                f"wrong passphrase for {record.role} key {record.keyid[:7]}; "
+                f"check {passphrase_variables(record.role)[0]} or type it again"
+            ) from None
+        except pkcs8.KeyFormatError as e:
+            raise HsmsignError(
+                f"key file {self.key_path(record.keyid)} is corrupt ({e}); restore it from a backup"
+            ) from None
+
+    # -- writing -----------------------------------------------------------------------
+
+    def add(self, key: PrivateKeyTypes, role: str, gun: str | None, passphrase: str) -> KeyRecord:
+        """Store a private key encrypted with `passphrase`; an error if it is already here."""
+        keyid = key_id(key.public_key())
+        if self.key_path(keyid).exists():
+            raise HsmsignError(f"key {keyid} is already in {self.private_dir}; nothing imported")
+        self._write(keyid, key, role, gun, passphrase)
+        self._unlocked[keyid] = key
+        return self.record(keyid)
+
+    def _write(self, keyid: str, key: PrivateKeyTypes, role: str, gun: str | None,
+               passphrase: str) -> None:
+        headers = {"role": role}
+        if gun:
+            headers["gun"] = gun
+        pem = pkcs8.encrypt_private_key_pem(
+            key, passphrase.encode(), headers, iterations=self.kdf_iterations
+        )
+        ensure_private_dir(self.home)
+        ensure_private_dir(self.private_dir)
+        self._write_public(keyid, key)
+        atomic_write(self.key_path(keyid), pem)
+
+    def _write_public(self, keyid: str, key: PrivateKeyTypes) -> None:
+        ensure_private_dir(self.public_dir)
+        atomic_write(self.public_dir / f"{keyid}.pub", public_key_pem(key.public_key()))
+
+    def change_passphrase(self, keyid: str, new_passphrase: str) -> KeyRecord:
+        record = self.record(keyid)
+        key = self.private_key(keyid)
+        self._write(keyid, key, record.role, record.gun, new_passphrase)
+        return self.record(keyid)
+
+    def remove(self, keyid: str) -> None:
+        path = self.key_path(keyid)
+        if not path.exists():
+            raise NotFound(f"no key file for {keyid}")
+        path.unlink()
+        (self.public_dir / f"{keyid}.pub").unlink(missing_ok=True)
+        fsync_dir(self.private_dir)
+        self._unlocked.pop(keyid, None)
+
+    def notary_export(self, keyid: str) -> bytes:
+        """The key as notary / `docker trust key load` reads it, under the same passphrase."""
+        record = self.record(keyid)
+        key = self.private_key(keyid)
+        passphrase = self.secrets.passphrase(record.role)
+        headers = {"role": record.role}
+        if record.gun:
+            headers["gun"] = record.gun
+        return pkcs8.encrypt_notary_pem(key, passphrase.encode(), headers)

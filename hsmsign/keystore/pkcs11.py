@@ -1,0 +1,509 @@
+"""Keys on any PKCS#11 token through python-pkcs11 (SoftHSM, ykcs11, OpenSC, network HSMs).
+
+Private keys are generated or imported as token objects that are private, sensitive and never
+extractable; `CKA_LABEL` is the role, `CKA_ID` a random 16-byte identifier fixed at creation.
+The TUF key ID is computed from the public key object, so listing needs no PIN.
+
+One session and one login per process (PKCS#11 login state belongs to the application), reused
+for every key and signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hsmsign.config import TokenConfig
+from hsmsign.errors import HsmsignError, NotFound
+from hsmsign.keys import Algorithm, KeyRecord, algorithm_of, key_id
+from hsmsign.secrets import Secrets
+
+if TYPE_CHECKING:
+    import pkcs11
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        PrivateKeyTypes,
+        PublicKeyTypes,
+    )
+
+STORE = "token"
+ED25519_OID_DER = bytes.fromhex("06032b6570")
+CKA_ID_LENGTH = 16
+
+
+class TokenError(HsmsignError):
+    """The module or token cannot be used as configured."""
+
+
+class PinPolicyError(HsmsignError):
+    """hsmsign refused to spend a PIN try."""
+
+
+def _load_module(path: str):
+    import pkcs11
+
+    if not os.path.exists(path):
+        raise TokenError(
+            f"PKCS#11 module {path} does not exist; set HSMSIGN_PKCS11_MODULE to the path of "
+            "your token's module (e.g. /usr/lib/softhsm/libsofthsm2.so)"
+        )
+    try:
+        return pkcs11.lib(path)
+    except pkcs11.PKCS11Error as e:
+        reason = str(e).rsplit(": ", 1)[-1]
+        raise TokenError(
+            f"{path} is not a usable PKCS#11 module ({reason}); set HSMSIGN_PKCS11_MODULE to "
+            "your token's module"
+        ) from None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value).strip().rstrip("\x00").strip()
+
+
+def flag_names(flags: int) -> list[str]:
+    from pkcs11 import TokenFlag
+
+    return [f.name for f in TokenFlag if f.value and flags & f.value == f.value]
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    module: str
+    slot: int
+    label: str
+    serial: str
+    manufacturer: str
+    model: str
+    flags: list[str]
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def list_tokens(config: TokenConfig) -> list[TokenInfo]:
+    """Every token present in the configured module, or in every well-known module."""
+    found = []
+    for module in config.candidate_modules():
+        try:
+            lib = _load_module(module)
+        except TokenError:
+            if config.module:
+                raise
+            continue
+        for slot in lib.get_slots(token_present=True):
+            token = slot.get_token()
+            found.append(TokenInfo(
+                module=module,
+                slot=slot.slot_id,
+                label=_text(token.label),
+                serial=_text(token.serial),
+                manufacturer=_text(token.manufacturer_id),
+                model=_text(token.model),
+                flags=flag_names(int(token.flags)),
+            ))
+    return found
+
+
+def pin_refusal(flags: int, token: str, force: bool) -> str | None:
+    """Why a login must not be tried now, or None. The token's own flags decide."""
+    from pkcs11 import TokenFlag
+
+    if flags & TokenFlag.USER_PIN_LOCKED:
+        return (f"the user PIN of token {token} is locked; unblock it with the SO PIN "
+                "(e.g. `pkcs11-tool --init-pin --login --login-type so`) before using it")
+    if flags & TokenFlag.USER_PIN_FINAL_TRY and not force:
+        return (f"token {token} has one PIN try left and a wrong PIN would lock it; "
+                "re-run with --force if you are sure of the PIN")
+    return None
+
+
+def pin_tries_hint(flags: int) -> str:
+    from pkcs11 import TokenFlag
+
+    if flags & TokenFlag.USER_PIN_LOCKED:
+        return "the PIN is now locked; unblock it with the SO PIN"
+    if flags & TokenFlag.USER_PIN_FINAL_TRY:
+        return "one try is left before the PIN locks"
+    if flags & TokenFlag.USER_PIN_COUNT_LOW:
+        return "the token reports few tries left"
+    return "check HSMSIGN_PIN or type it again"
+
+
+def public_key_from_object(obj) -> PublicKeyTypes:
+    """A cryptography public key from a PKCS#11 public key object."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+    from pkcs11 import Attribute, KeyType
+
+    key_type = obj.key_type
+    if key_type == KeyType.RSA:
+        n = int.from_bytes(obj[Attribute.MODULUS], "big")
+        e = int.from_bytes(obj[Attribute.PUBLIC_EXPONENT], "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if key_type == KeyType.EC:
+        from pkcs11.util.ec import encode_ec_public_key
+
+        return load_der_public_key(encode_ec_public_key(obj))
+    if key_type == KeyType.EC_EDWARDS:
+        point = bytes(obj[Attribute.EC_POINT])
+        if len(point) == 34 and point[:2] == b"\x04\x20":  # DER OCTET STRING around the key
+            point = point[2:]
+        return ed25519.Ed25519PublicKey.from_public_bytes(point)
+    raise HsmsignError(f"unsupported key type {key_type} on token")
+
+
+@dataclass
+class _TokenKey:
+    record: KeyRecord
+    cka_id: bytes
+    public_key: Any
+
+
+class Pkcs11KeyStore:
+    """One token in one PKCS#11 module."""
+
+    kind = STORE
+
+    def __init__(self, config: TokenConfig, secrets: Secrets, *, force: bool = False,
+                 home: Path | None = None):
+        self.config = config
+        self.secrets = secrets
+        self.force = force
+        self.home = home
+        self._lib = None
+        self._module: str | None = None
+        self._slot = None
+        self._session = None
+        self._logged_in = False
+        self._keys: dict[str, _TokenKey] | None = None
+
+    # -- finding the token -------------------------------------------------------------
+
+    def _find_slot(self):
+        if self._slot is not None:
+            return self._slot
+        errors = []
+        for module in self.config.candidate_modules():
+            try:
+                lib = _load_module(module)
+            except TokenError as e:
+                if self.config.module:
+                    raise
+                errors.append(str(e))
+                continue
+            slots = [s for s in lib.get_slots(token_present=True) if self._matches(s.get_token())]
+            if len(slots) > 1:
+                labels = ", ".join(_text(s.get_token().label) for s in slots)
+                raise TokenError(
+                    f"several tokens present ({labels}); choose one with HSMSIGN_TOKEN_LABEL "
+                    "or HSMSIGN_TOKEN_SERIAL"
+                )
+            if slots:
+                self._lib, self._module, self._slot = lib, module, slots[0]
+                return self._slot
+            if self.config.module:
+                break
+        if not self.config.candidate_modules():
+            raise TokenError("no PKCS#11 module configured or found; set HSMSIGN_PKCS11_MODULE")
+        wanted = (f"with label {self.config.label!r}" if self.config.label
+                  else f"with serial {self.config.serial!r}" if self.config.serial else "")
+        where = self.config.module or ", ".join(self.config.candidate_modules())
+        raise TokenError(
+            f"no token {wanted} is present in {where}; plug it in, or check "
+            "HSMSIGN_TOKEN_LABEL / `hsmsign token list`".replace("  ", " ")
+        )
+
+    def _matches(self, token) -> bool:
+        from pkcs11 import TokenFlag
+
+        if self.config.label is not None:
+            return _text(token.label) == self.config.label
+        if self.config.serial is not None:
+            return _text(token.serial) == self.config.serial
+        return bool(int(token.flags) & TokenFlag.TOKEN_INITIALIZED)
+
+    def is_present(self) -> bool:
+        try:
+            self._find_slot()
+            return True
+        except TokenError:
+            return False
+
+    def _token(self):
+        # A fresh token object: its flags (PIN tries) are read when it is made.
+        return self._find_slot().get_token()
+
+    @property
+    def token_name(self) -> str:
+        token = self._token()
+        return f"{_text(token.label)} (serial {_text(token.serial)})"
+
+    @property
+    def module(self) -> str:
+        self._find_slot()
+        return self._module  # type: ignore[return-value]
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def _open_session(self):
+        if self._session is None:
+            token = self._token()
+            self._session = token.open(rw=self._rw(token))
+        return self._session
+
+    @staticmethod
+    def _rw(token) -> bool:
+        from pkcs11 import TokenFlag
+
+        return not int(token.flags) & TokenFlag.WRITE_PROTECTED
+
+    def _login(self):
+        """The one logged-in session; PIN tries are checked before and reported after."""
+        import pkcs11
+
+        if self._logged_in:
+            return self._session
+        token = self._token()
+        name = _text(token.label)
+        refusal = pin_refusal(int(token.flags), name, self.force)
+        if refusal:
+            raise PinPolicyError(refusal)
+        pin = self.secrets.pin(name)
+        try:
+            session = token.open(rw=self._rw(token), user_pin=pin)
+        except pkcs11.PinIncorrect:
+            self.secrets.forget_pin(name)
+            hint = pin_tries_hint(int(self._token().flags))
+            raise HsmsignError(f"wrong PIN for token {name}; {hint}") from None
+        except pkcs11.PinLocked:
+            raise HsmsignError(
+                f"the user PIN of token {name} is locked; unblock it with the SO PIN"
+            ) from None
+        except pkcs11.PinLenRange:
+            self.secrets.forget_pin(name)
+            raise HsmsignError(f"the PIN for token {name} has the wrong length") from None
+        # Login state is per application: the new session replaces the public one.
+        if self._session is not None:
+            self._session.close()
+        self._session = session
+        self._logged_in = True
+        return session
+
+    def close(self) -> None:
+        if self._session is not None:
+            try:
+                self._session.close()
+            finally:
+                self._session = None
+                self._logged_in = False
+
+    # -- keys --------------------------------------------------------------------------
+
+    def _scan(self) -> dict[str, _TokenKey]:
+        from pkcs11 import Attribute, ObjectClass
+
+        if self._keys is not None:
+            return self._keys
+        session = self._session or self._open_session()
+        location = self.token_name
+        keys: dict[str, _TokenKey] = {}
+        for obj in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY}):
+            try:
+                public_key = public_key_from_object(obj)
+                alg = algorithm_of(public_key)
+            except HsmsignError:
+                continue  # a key TUF cannot use (another application's): not ours to list
+            keyid = key_id(public_key)
+            keys[keyid] = _TokenKey(
+                record=KeyRecord(keyid=keyid, role=_text(obj.label) or "unknown", gun=None,
+                                 algorithm=alg.name, store=STORE, location=location),
+                cka_id=bytes(obj[Attribute.ID]),
+                public_key=public_key,
+            )
+        self._keys = keys
+        return keys
+
+    def list_keys(self) -> list[KeyRecord]:
+        return [k.record for k in self._scan().values()]
+
+    def keyids(self) -> list[str]:
+        return list(self._scan())
+
+    def record(self, keyid: str) -> KeyRecord:
+        return self._get(keyid).record
+
+    def public_key(self, keyid: str):
+        return self._get(keyid).public_key
+
+    def _get(self, keyid: str) -> _TokenKey:
+        try:
+            return self._scan()[keyid]
+        except KeyError:
+            raise NotFound(f"key {keyid} is not on token {self.token_name}") from None
+
+    def _require_mechanism(self, mechanism, what: str) -> None:
+        if mechanism not in self._find_slot().get_mechanisms():
+            raise TokenError(
+                f"token {self.token_name} cannot {what} (no {mechanism.name}); "
+                "choose --algorithm ecdsa-p256"
+            )
+
+    def generate(self, role: str, alg: Algorithm) -> KeyRecord:
+        """A new key pair made inside the token; the private half never leaves it."""
+        from pkcs11 import Attribute, KeyType, Mechanism
+        from pkcs11.util.ec import encode_named_curve_parameters
+
+        session = self._login()
+        cka_id = os.urandom(CKA_ID_LENGTH)
+        public, private = self._templates(role, cka_id)
+        if alg.keytype == "ecdsa":
+            self._require_mechanism(Mechanism.EC_KEY_PAIR_GEN, f"generate {alg.name} keys")
+            public[Attribute.EC_PARAMS] = encode_named_curve_parameters(alg.curve)
+            session.generate_keypair(KeyType.EC, store=True, mechanism=Mechanism.EC_KEY_PAIR_GEN,
+                                     public_template=public, private_template=private)
+        elif alg.keytype == "ed25519":
+            self._require_mechanism(Mechanism.EC_EDWARDS_KEY_PAIR_GEN, "generate Ed25519 keys")
+            public[Attribute.EC_PARAMS] = ED25519_OID_DER
+            session.generate_keypair(KeyType.EC_EDWARDS, store=True,
+                                     mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+                                     public_template=public, private_template=private)
+        elif alg.keytype == "rsa":
+            self._require_mechanism(Mechanism.RSA_PKCS_KEY_PAIR_GEN, "generate RSA keys")
+            session.generate_keypair(KeyType.RSA, alg.bits, store=True,
+                                     public_template=public, private_template=private)
+        else:
+            raise HsmsignError(f"cannot generate {alg.name} keys on a token")
+        return self._record_for(cka_id)
+
+    @staticmethod
+    def _templates(role: str, cka_id: bytes) -> tuple[dict, dict]:
+        from pkcs11 import Attribute
+
+        public = {Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True,
+                  Attribute.LABEL: role, Attribute.ID: cka_id}
+        private = {Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                   Attribute.EXTRACTABLE: False, Attribute.SIGN: True,
+                   Attribute.LABEL: role, Attribute.ID: cka_id}
+        return public, private
+
+    def _record_for(self, cka_id: bytes) -> KeyRecord:
+        self._keys = None
+        for key in self._scan().values():
+            if key.cka_id == cka_id:
+                return key.record
+        raise TokenError("the token did not keep the key it just made")  # pragma: no cover
+
+    def import_private(self, key: PrivateKeyTypes, role: str) -> KeyRecord:
+        """Put a software key on the token, sensitive and non-extractable from then on."""
+        from pkcs11 import Attribute, KeyType, ObjectClass
+
+        keyid = key_id(key.public_key())
+        if keyid in self._scan():
+            raise HsmsignError(f"key {keyid} is already on token {self.token_name}; nothing imported")
+        session = self._login()
+        cka_id = os.urandom(CKA_ID_LENGTH)
+        public, private = self._templates(role, cka_id)
+        key_type, public_values, private_values = _token_attributes(key)
+        public.update({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: key_type,
+                       **public_values})
+        private.update({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: key_type,
+                        **private_values})
+        created = session.create_object(private)
+        try:
+            session.create_object(public)
+        except Exception:
+            created.destroy()
+            raise
+        return self._record_for(cka_id)
+
+    def remove(self, keyid: str) -> None:
+        """Destroy the private key, the public key and any certificate with the same CKA_ID."""
+        from pkcs11 import Attribute
+
+        cka_id = self._get(keyid).cka_id
+        session = self._login()
+        for obj in list(session.get_objects({Attribute.ID: cka_id})):
+            obj.destroy()
+        self._keys = None
+
+    def sign(self, keyid: str, payload: bytes) -> bytes:
+        """A signature over `payload` in the encoding TUF expects, made on the token."""
+        from pkcs11 import MGF, Attribute, Mechanism, ObjectClass
+
+        token_key = self._get(keyid)
+        session = self._login()
+        private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=token_key.cka_id)
+        alg = algorithm_of(token_key.public_key)
+        if alg.keytype == "ecdsa":
+            # SoftHSM 2.6 has no CKM_ECDSA_SHA256: hash here, sign the digest, DER-encode r||s.
+            from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+            digest = hashlib.new(_EC_HASH[alg.curve], payload).digest()
+            raw = private.sign(digest, mechanism=Mechanism.ECDSA)
+            half = len(raw) // 2
+            return encode_dss_signature(int.from_bytes(raw[:half], "big"),
+                                        int.from_bytes(raw[half:], "big"))
+        if alg.keytype == "ed25519":
+            return private.sign(payload, mechanism=Mechanism.EDDSA)
+        if alg.keytype == "rsa":
+            digest = hashlib.sha256(payload).digest()
+            return private.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS,
+                                mechanism_param=(Mechanism.SHA256, MGF.SHA256, 32))
+        raise HsmsignError(f"cannot sign with {alg.name} keys")  # pragma: no cover
+
+
+_EC_HASH = {"secp256r1": "sha256", "secp384r1": "sha384", "secp521r1": "sha512"}
+
+
+def _token_attributes(key) -> tuple[Any, dict, dict]:
+    """PKCS#11 key type, public and private attributes for a software private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from pkcs11 import Attribute, KeyType
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        size = (key.curve.key_size + 7) // 8
+        point = key.public_key().public_bytes(serialization.Encoding.X962,
+                                              serialization.PublicFormat.UncompressedPoint)
+        params = encode_named_curve_parameters(key.curve.name)
+        return (KeyType.EC,
+                {Attribute.EC_PARAMS: params, Attribute.EC_POINT: _der_octet_string(point)},
+                {Attribute.EC_PARAMS: params,
+                 Attribute.VALUE: key.private_numbers().private_value.to_bytes(size, "big")})
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw_public = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                   serialization.PublicFormat.Raw)
+        seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                 serialization.NoEncryption())
+        return (KeyType.EC_EDWARDS,
+                {Attribute.EC_PARAMS: ED25519_OID_DER,
+                 Attribute.EC_POINT: _der_octet_string(raw_public)},
+                {Attribute.EC_PARAMS: ED25519_OID_DER, Attribute.VALUE: seed})
+    if isinstance(key, rsa.RSAPrivateKey):
+        n = key.private_numbers()
+        big = _big_endian
+        return (KeyType.RSA,
+                {Attribute.MODULUS: big(n.public_numbers.n),
+                 Attribute.PUBLIC_EXPONENT: big(n.public_numbers.e)},
+                {Attribute.MODULUS: big(n.public_numbers.n),
+                 Attribute.PUBLIC_EXPONENT: big(n.public_numbers.e),
+                 Attribute.PRIVATE_EXPONENT: big(n.d), Attribute.PRIME_1: big(n.p),
+                 Attribute.PRIME_2: big(n.q), Attribute.EXPONENT_1: big(n.dmp1),
+                 Attribute.EXPONENT_2: big(n.dmq1), Attribute.COEFFICIENT: big(n.iqmp)})
+    raise HsmsignError(f"cannot put a {type(key).__name__} on a token")
+
+
+def _big_endian(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+
+
+def _der_octet_string(value: bytes) -> bytes:
+    from asn1crypto.core import OctetString
+
+    return OctetString(value).dump()

@@ -1,0 +1,146 @@
+"""All the stores of one home together: listing, lookup by key ID, and store preference.
+
+Hardware comes first: `auto` puts root on a token when one is present, and when the same key
+is both on a token and in a file, the token signs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hsmsign.config import TokenConfig
+from hsmsign.errors import HsmsignError, NotFound
+from hsmsign.keys import KEYID_PREFIX_MIN, Algorithm, KeyRecord, generate_private_key
+from hsmsign.keystore.file import FileKeyStore
+from hsmsign.keystore.pkcs11 import Pkcs11KeyStore, TokenError
+from hsmsign.secrets import Secrets
+
+STORE_CHOICES = ("auto", "file", "token")
+
+
+@dataclass
+class Listing:
+    keys: list[KeyRecord]
+    warnings: list[str] = field(default_factory=list)
+
+
+class KeyStores:
+    def __init__(self, home: Path, secrets: Secrets, token_config: TokenConfig, *,
+                 force: bool = False, kdf_iterations: int | None = None):
+        self.home = home
+        self.secrets = secrets
+        self.files = (FileKeyStore(home, secrets) if kdf_iterations is None
+                      else FileKeyStore(home, secrets, kdf_iterations=kdf_iterations))
+        self.token_config = token_config
+        self.token = Pkcs11KeyStore(token_config, secrets, force=force, home=home)
+
+    def close(self) -> None:
+        self.token.close()
+
+    # -- which stores can be used ------------------------------------------------------
+
+    def token_available(self) -> bool:
+        """A token is configured (or found in a well-known module) and present."""
+        if not self.token_config.candidate_modules():
+            return False
+        return self.token.is_present()
+
+    def hardware_stores(self) -> list[Pkcs11KeyStore]:
+        return [self.token] if self.token_available() else []
+
+    # -- listing and lookup ------------------------------------------------------------
+
+    def list_keys(self) -> Listing:
+        listing = Listing(keys=list(self.files.list_keys()))
+        try:
+            if self.token_config.explicit or self.token_config.candidate_modules():
+                if self.token.is_present():
+                    listing.keys.extend(self.token.list_keys())
+                elif self.token_config.explicit:
+                    self.token._find_slot()  # raises the precise reason
+        except TokenError as e:
+            listing.warnings.append(f"token keys not listed: {e}")
+        return listing
+
+    def all_keyids(self) -> set[str]:
+        ids = set(self.files.keyids())
+        if self.token_available():
+            ids.update(self.token.keyids())
+        return ids
+
+    def resolve(self, keyid_or_prefix: str) -> str:
+        """A full key ID from a key ID or a unique prefix of at least 7 characters."""
+        wanted = keyid_or_prefix.strip().lower()
+        ids = self.all_keyids()
+        if wanted in ids:
+            return wanted
+        if len(wanted) < KEYID_PREFIX_MIN:
+            raise HsmsignError(
+                f"key ID {keyid_or_prefix!r} is too short; give at least {KEYID_PREFIX_MIN} characters"
+            )
+        matches = sorted(k for k in ids if k.startswith(wanted))
+        if not matches:
+            raise NotFound(f"no key matches {keyid_or_prefix!r}; see `hsmsign key list`")
+        if len(matches) > 1:
+            raise HsmsignError(
+                f"key ID {keyid_or_prefix!r} is ambiguous: {', '.join(matches)}; give more characters"
+            )
+        return matches[0]
+
+    def locate(self, keyid: str) -> list[KeyRecord]:
+        """Every store holding `keyid`, hardware first."""
+        found = []
+        for store in (*self.hardware_stores(), self.files):
+            if keyid in store.keyids():
+                found.append(store.record(keyid))
+        if not found:
+            raise NotFound(f"no key {keyid} in any store; see `hsmsign key list`")
+        return found
+
+    def store_of(self, record: KeyRecord):
+        return self.token if record.store == "token" else self.files
+
+    def public_key(self, keyid: str):
+        record = self.locate(keyid)[0]
+        return self.store_of(record).public_key(keyid)
+
+    # -- changes -----------------------------------------------------------------------
+
+    def choose_store(self, role: str, store: str) -> tuple[str, str]:
+        """The store a new key of `role` goes to, and why (for the user)."""
+        if store == "file":
+            return "file", "asked for a file key"
+        if store == "token":
+            self.token._find_slot()  # a precise error when the token is missing
+            return "token", "asked for a token key"
+        if store != "auto":
+            raise HsmsignError(f"unknown store {store!r}; choose one of {', '.join(STORE_CHOICES)}")
+        if role != "root":
+            return "file", f"{role} keys are online keys and live in files unless --store token"
+        if self.token_available():
+            return "token", f"a hardware token is present: {self.token.token_name}"
+        return "file", ("no hardware token is configured and present (set HSMSIGN_PKCS11_MODULE "
+                        "and HSMSIGN_TOKEN_LABEL, or plug in a YubiKey); the root key is in an "
+                        "encrypted file instead")
+
+    def generate(self, role: str, gun: str | None, alg: Algorithm, store: str) -> tuple[KeyRecord, str]:
+        where, why = self.choose_store(role, store)
+        if where == "token":
+            return self.token.generate(role, alg), why
+        passphrase = self.secrets.new_passphrase(role)
+        return self.files.add(generate_private_key(alg), role, gun, passphrase), why
+
+    def add_private(self, key, role: str, gun: str | None, store: str, passphrase: str | None) -> KeyRecord:
+        """Store an imported software key (`passphrase` protects it when it goes to a file)."""
+        if store == "token":
+            return self.token.import_private(key, role)
+        if passphrase is None:
+            passphrase = self.secrets.new_passphrase(role)
+        return self.files.add(key, role, gun, passphrase)
+
+    def remove(self, keyid: str) -> list[KeyRecord]:
+        removed = self.locate(keyid)
+        for record in removed:
+            self.store_of(record).remove(keyid)
+        return removed

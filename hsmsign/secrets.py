@@ -1,0 +1,161 @@
+"""Passphrases and PINs: from the environment, else a prompt the CLI provides, else an error.
+
+Nothing below the CLI prompts by itself: the CLI hands a `Prompter` in. Values from the
+environment are taken as they are (as notary does); new secrets typed at a prompt are asked
+twice and must be at least `MIN_PASSPHRASE_LENGTH` characters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+from hsmsign.errors import HsmsignError
+from hsmsign.keys import is_top_level
+
+MIN_PASSPHRASE_LENGTH = 8
+PROMPT_ATTEMPTS = 3
+TOO_SHORT = (
+    "Passphrase is too short. Please use a password manager to generate and store a good "
+    "random passphrase."
+)
+
+
+class Prompter(Protocol):
+    """How the CLI asks a person for a secret (no echo) and tells them why it asks again."""
+
+    def ask_secret(self, prompt: str) -> str: ...
+
+    def tell(self, message: str) -> None: ...
+
+
+class SecretUnavailable(HsmsignError):
+    """No environment variable and no terminal to ask on."""
+
+
+def passphrase_variables(role: str) -> list[str]:
+    """Environment variables that may hold the passphrase of `role`'s keys, first wins."""
+    if role in ("root", "targets", "snapshot", "timestamp"):
+        kind = role.upper()
+    else:
+        kind = "DELEGATION"
+    names = [f"HSMSIGN_{kind}_PASSPHRASE", f"NOTARY_{kind}_PASSPHRASE"]
+    # docker's REPOSITORY passphrase covers every key but root.
+    names.append(
+        "DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE"
+        if role == "root"
+        else "DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE"
+    )
+    return names
+
+
+def role_kind(role: str) -> str:
+    return role if is_top_level(role) else "delegation"
+
+
+class Secrets:
+    """Find secrets for one process; each is asked for at most once and then remembered."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None,
+                 prompter: Prompter | None = None) -> None:
+        self.environ = os.environ if environ is None else environ
+        self.prompter = prompter
+        self._passphrases: dict[str, str] = {}
+        self._pins: dict[str, str] = {}
+
+    # -- passphrases -------------------------------------------------------------------
+
+    def passphrase(self, role: str, *, purpose: str = "") -> str:
+        """The passphrase of an existing key of `role`."""
+        kind = role_kind(role)
+        if kind in self._passphrases:
+            return self._passphrases[kind]
+        value = self._from_env(passphrase_variables(role))
+        if value is None:
+            value = self._ask(
+                f"Enter passphrase for {purpose or kind + ' key'}: ",
+                variables=passphrase_variables(role),
+            )
+        self._passphrases[kind] = value
+        return value
+
+    def new_passphrase(self, role: str, *, purpose: str = "") -> str:
+        """A passphrase to protect a new key of `role` (asked twice at a prompt)."""
+        kind = role_kind(role)
+        if kind in self._passphrases:
+            return self._passphrases[kind]
+        variables = passphrase_variables(role)
+        value = self._from_env(variables)
+        if value is None:
+            value = self._ask_new(
+                f"Enter passphrase for new {purpose or kind + ' key'}: ", variables
+            )
+        self._passphrases[kind] = value
+        return value
+
+    def forget_passphrase(self, role: str) -> None:
+        """Drop a remembered passphrase (it turned out to be wrong)."""
+        self._passphrases.pop(role_kind(role), None)
+
+    def ask_new_passphrase(self, purpose: str, variables: list[str]) -> str:
+        """A new passphrase for a purpose with no role (e.g. `key passwd`), never cached."""
+        value = self._from_env(variables)
+        if value is None:
+            value = self._ask_new(f"Enter new passphrase for {purpose}: ", variables)
+        return value
+
+    # -- PINs --------------------------------------------------------------------------
+
+    def pin(self, token: str, variables: list[str] | None = None) -> str:
+        """The user PIN of `token` (a label or serial, used for the prompt and the cache)."""
+        if token in self._pins:
+            return self._pins[token]
+        variables = variables or ["HSMSIGN_PIN"]
+        value = self._from_env(variables)
+        if value is None:
+            value = self._ask(f"Enter PIN for token {token}: ", variables=variables)
+        self._pins[token] = value
+        return value
+
+    def forget_pin(self, token: str) -> None:
+        self._pins.pop(token, None)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _from_env(self, variables: list[str]) -> str | None:
+        for name in variables:
+            value = self.environ.get(name)
+            if value:
+                return value
+        return None
+
+    def _require_prompter(self, variables: list[str]) -> Prompter:
+        if self.prompter is None:
+            raise SecretUnavailable(
+                f"no terminal to ask for a secret on; set {variables[0]} in the environment"
+            )
+        return self.prompter
+
+    def _ask(self, prompt: str, *, variables: list[str]) -> str:
+        prompter = self._require_prompter(variables)
+        for _ in range(PROMPT_ATTEMPTS):
+            value = prompter.ask_secret(prompt)
+            if value:
+                return value
+            prompter.tell("An empty secret is not accepted.")
+        raise HsmsignError(f"no secret given; type it at the prompt or set {variables[0]}")
+
+    def _ask_new(self, prompt: str, variables: list[str]) -> str:
+        prompter = self._require_prompter(variables)
+        problem = ""
+        for _ in range(PROMPT_ATTEMPTS):
+            value = prompter.ask_secret(prompt)
+            if len(value) < MIN_PASSPHRASE_LENGTH:
+                problem = TOO_SHORT
+            elif prompter.ask_secret("Repeat passphrase: ") != value:
+                problem = "Passphrases do not match."
+            else:
+                return value
+            prompter.tell(problem)
+        raise HsmsignError(f"{problem} Nothing was changed.")

@@ -1,0 +1,176 @@
+"""The PKCS#11 store against a real SoftHSM2 token, checked with an independent client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from securesystemslib.signer import Key
+
+from conftest import Cli, clean_environ, passphrase_env, tree_digest
+from hsmsign.config import TokenConfig
+from hsmsign.keys import tuf_key
+from hsmsign.keystore.pkcs11 import Pkcs11KeyStore, pin_refusal
+from hsmsign.secrets import Secrets
+
+
+def pkcs11_tool_objects(softhsm, *extra: str) -> str:
+    proc = subprocess.run(
+        ["pkcs11-tool", "--module", softhsm.module, "--token-label", softhsm.label,
+         "--login", "--pin", softhsm.pin, "-O", *extra],  # the test PIN; never a real secret
+        capture_output=True, text=True, env={**clean_environ(), "SOFTHSM2_CONF": str(softhsm.conf)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def token_root(softhsm, tmp_path_factory) -> dict:
+    """A root key generated on the token once per session (`--store auto`)."""
+    home = tmp_path_factory.mktemp("token-root") / "home"
+    cli = Cli(home, clean_environ(**softhsm.env(), **passphrase_env()))
+    result = cli("key", "generate", "root", "--json")
+    record = json.loads(result.stdout)
+    record["stderr"] = result.stderr
+    return record
+
+
+def test_auto_puts_root_on_a_present_token_and_says_why(token_root, softhsm):
+    assert token_root["store"] == "token"
+    assert token_root["algorithm"] == "ecdsa-p256"
+    assert softhsm.label in token_root["location"]
+    assert "hardware token is present" in token_root["stderr"]
+
+
+def test_auto_puts_root_in_a_file_without_a_token_and_says_why(file_cli):
+    result = file_cli("key", "generate", "root", "--json")
+    assert json.loads(result.stdout)["store"] == "file"
+    assert "no hardware token is configured and present" in result.stderr
+
+
+def test_token_private_key_is_sensitive_and_never_extractable(token_root, softhsm):
+    listing = pkcs11_tool_objects(softhsm)
+    blocks = [b for b in listing.split("Private Key Object")[1:] if "label:      root" in b]
+    assert blocks, listing
+    for block in blocks:
+        access = next(l for l in block.splitlines() if "Access:" in l)
+        assert "sensitive" in access and "never extractable" in access
+        assert "always sensitive" in access
+
+
+def test_list_shows_token_keys_without_a_pin(token_root, softhsm, home):
+    cli = Cli(home, clean_environ(**softhsm.env(with_pin=False)))
+    records = json.loads(cli("key", "list", "--json").stdout)
+    mine = [r for r in records if r["keyid"] == token_root["keyid"]]
+    assert mine and mine[0]["store"] == "token" and mine[0]["role"] == "root"
+
+
+@pytest.mark.parametrize("algorithm", ["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-3072"])
+def test_token_keys_of_every_algorithm_sign_verifiably(softhsm, algorithm):
+    secrets = Secrets(environ={"HSMSIGN_PIN": softhsm.pin})
+    store = Pkcs11KeyStore(TokenConfig(module=softhsm.module, label=softhsm.label), secrets)
+    try:
+        record = store.generate(f"test-{algorithm}", __import__("hsmsign.keys").keys.algorithm(algorithm))
+        public: Key = tuf_key(store.public_key(record.keyid))
+        assert public.keyid == record.keyid and record.algorithm == algorithm
+        from securesystemslib.signer import Signature
+
+        payload = b"signed on the token"
+        sig = Signature(record.keyid, store.sign(record.keyid, payload).hex())
+        public.verify_signature(sig, payload)
+        from securesystemslib.exceptions import UnverifiedSignatureError
+
+        with pytest.raises(UnverifiedSignatureError):
+            public.verify_signature(sig, payload + b"!")
+        store.remove(record.keyid)
+        assert record.keyid not in store.keyids()
+    finally:
+        store.close()
+
+
+def test_import_to_token_keeps_the_key_id_and_remove_destroys_everything(softhsm, home, keyed_home):
+    cli = Cli(keyed_home, clean_environ(**softhsm.env(), **passphrase_env()))
+    files = {r["role"]: r for r in json.loads(cli("key", "list", "--json").stdout)
+             if r["store"] == "file"}
+    source = files["targets"]["location"]
+    out = json.loads(cli("key", "import", source, "--store", "token", "--json").stdout)
+    assert out[0]["keyid"] == files["targets"]["keyid"] and out[0]["store"] == "token"
+    both = [r for r in json.loads(cli("key", "list", "--json").stdout)
+            if r["keyid"] == files["targets"]["keyid"]]
+    assert {r["store"] for r in both} == {"file", "token"}
+    listing = pkcs11_tool_objects(softhsm)
+    imported = [b for b in listing.split("Private Key Object")[1:] if "label:      targets" in b]
+    assert imported and all("never extractable" not in b or "sensitive" in b for b in imported)
+    assert all("sensitive" in next(l for l in b.splitlines() if "Access:" in l) for b in imported)
+    # Importing it again is an error and changes nothing.
+    before = tree_digest(keyed_home)
+    assert "already" in cli.fails("key", "import", source, "--store", "token").error_lines[0]
+    assert tree_digest(keyed_home) == before
+    # Removing destroys the private and the public object on the token (and the file).
+    cli("key", "remove", files["targets"]["keyid"], "--force")
+    after = pkcs11_tool_objects(softhsm)
+    assert "label:      targets" not in after
+    assert files["targets"]["keyid"] not in cli("key", "list").stdout
+
+
+def test_token_list_json_shape(softhsm, home):
+    cli = Cli(home, clean_environ(**softhsm.env()))
+    tokens = json.loads(cli("token", "list", "--json").stdout)
+    ours = [t for t in tokens if t["label"] == softhsm.label]
+    assert len(ours) == 1
+    assert set(ours[0]) == {"module", "slot", "label", "serial", "manufacturer", "model", "flags"}
+    assert ours[0]["module"] == softhsm.module and "TOKEN_INITIALIZED" in ours[0]["flags"]
+
+
+def test_wrong_pin_is_an_error_that_says_what_the_token_reports(softhsm, tmp_path):
+    softhsm.add_token("wrong-pin")
+    home = tmp_path / "home"
+    cli = Cli(home, clean_environ(**{**softhsm.env(), **passphrase_env(),
+                                     "HSMSIGN_TOKEN_LABEL": "wrong-pin", "HSMSIGN_PIN": "000000"}))
+    first = cli.fails("key", "generate", "root", "--store", "token")
+    assert "wrong PIN for token wrong-pin" in first.error_lines[0]
+    assert "000000" not in first.stderr
+    # SoftHSM raises CKF_USER_PIN_COUNT_LOW after a failure; the message passes it on.
+    second = cli.fails("key", "generate", "root", "--store", "token")
+    assert "few tries left" in second.error_lines[0]
+    assert tree_digest(home) == {}
+
+
+def test_pin_policy_refuses_the_final_try_and_a_locked_pin():
+    from pkcs11 import TokenFlag
+
+    assert pin_refusal(int(TokenFlag.USER_PIN_INITIALIZED), "t", force=False) is None
+    final = int(TokenFlag.USER_PIN_FINAL_TRY | TokenFlag.USER_PIN_COUNT_LOW)
+    assert "one PIN try left" in pin_refusal(final, "t", force=False)
+    assert pin_refusal(final, "t", force=True) is None
+    locked = int(TokenFlag.USER_PIN_LOCKED)
+    assert "locked" in pin_refusal(locked, "t", force=True)
+
+
+@pytest.mark.parametrize("module,expected", [
+    ("/nonexistent/libnothing.so", "does not exist"),
+    ("/etc/hostname", "is not a usable PKCS#11 module"),
+    ("/usr/lib/x86_64-linux-gnu/libz.so.1", "is not a usable PKCS#11 module"),
+])
+def test_bad_module_is_a_clear_error(softhsm, home, module, expected):
+    import os
+
+    if not os.path.exists(module) and "nonexistent" not in module:
+        pytest.skip(f"{module} is not on this machine")
+    cli = Cli(home, clean_environ(**{**softhsm.env(), **passphrase_env(),
+                                     "HSMSIGN_PKCS11_MODULE": module}))
+    result = cli.fails("key", "generate", "root", "--store", "token")
+    assert expected in result.error_lines[0]
+    assert "HSMSIGN_PKCS11_MODULE" in result.error_lines[0]
+    assert tree_digest(home) == {}
+
+
+def test_no_token_with_that_label(softhsm, home):
+    cli = Cli(home, clean_environ(**{**softhsm.env(), **passphrase_env(),
+                                     "HSMSIGN_TOKEN_LABEL": "no-such-token"}))
+    result = cli.fails("key", "generate", "root", "--store", "token")
+    assert "no token with label 'no-such-token'" in result.error_lines[0]
+    assert tree_digest(home) == {}
+    listing = cli("key", "list")
+    assert "warning: token keys not listed" in listing.stderr
