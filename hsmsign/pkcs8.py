@@ -28,7 +28,7 @@ import base64
 import binascii
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from asn1crypto import algos, core, keys
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -150,9 +150,9 @@ class _OneAsymmetricKey(core.Sequence):
 class PemBlock:
     """One private-key PEM block."""
 
-    label: str
-    headers: dict[str, str] = field(default_factory=dict)
-    der: bytes = b""
+    label: str  # "ENCRYPTED PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"
+    headers: dict[str, str]  # "Name: value" header lines, in order, names as written
+    der: bytes  # base64-decoded body
 
     @property
     def encrypted(self) -> bool:
@@ -238,17 +238,11 @@ def _parse_pem_body(label: str, body: str) -> PemBlock:
 
 
 def _pem_encode(label: str, der: bytes, headers: dict[str, str] | None) -> bytes:
-    out = [f"-----BEGIN {label}-----\n"]
-    if headers:
-        for name, value in headers.items():
-            _check_header(name, value)
-            out.append(f"{name}: {value}\n")
-        out.append("\n")
-    b64 = base64.b64encode(der).decode("ascii")
-    for i in range(0, len(b64), 64):
-        out.append(b64[i : i + 64] + "\n")
-    out.append(f"-----END {label}-----\n")
-    return "".join(out).encode("ascii")
+    """PEM with validated ``name: value`` header lines, a blank line, 64-column base64."""
+    items = list((headers or {}).items())
+    for name, value in items:
+        _check_header(name, value)
+    return _pem_encode_raw(label, der, items)
 
 
 def _check_header(name: str, value: str) -> None:
@@ -359,7 +353,6 @@ def _load_traditional_der(der: bytes, what: str) -> PrivateKeyTypes:
 def _load_legacy_encrypted(block: PemBlock, passphrase: bytes) -> PrivateKeyTypes:
     """Legacy OpenSSL PEM encryption: cryptography does the work once the
     non-standard header lines (notary's ``role:`` etc.) are removed."""
-    proc_type = block._header("Proc-Type")
     dek_info = block._header("DEK-Info")
     if dek_info is None:
         raise KeyFormatError(f"encrypted {block.label} PEM block has no DEK-Info header")
@@ -377,7 +370,7 @@ def _load_legacy_encrypted(block: PemBlock, passphrase: bytes) -> PrivateKeyType
     clean = _pem_encode_raw(
         block.label,
         block.der,
-        [("Proc-Type", proc_type or "4,ENCRYPTED"), ("DEK-Info", f"{cipher_name},{iv_hex}")],
+        [("Proc-Type", "4,ENCRYPTED"), ("DEK-Info", f"{cipher_name},{iv_hex}")],
     )
     try:
         key = serialization.load_pem_private_key(clean, password=passphrase)
@@ -385,16 +378,18 @@ def _load_legacy_encrypted(block: PemBlock, passphrase: bytes) -> PrivateKeyType
         raise KeyFormatError(f"unsupported key in {block.label} PEM block") from None
     except (ValueError, TypeError):
         # The structure around the ciphertext was checked above, so a failure
-        # here is a bad decrypt (bad padding or garbage plaintext).
+        # here is a bad decrypt (bad padding or garbage plaintext). Legacy PEM
+        # encryption has no integrity check: a file truncated on a cipher block
+        # boundary looks the same as a wrong passphrase.
         raise WrongPassphrase(
-            f"could not decrypt the {block.label}: wrong passphrase"
+            f"could not decrypt the {block.label}: wrong passphrase (or corrupt key data)"
         ) from None
     _check_supported(key)
     return key
 
 
 def _pem_encode_raw(label: str, der: bytes, headers: list[tuple[str, str]]) -> bytes:
-    """PEM with headers as given (no validation: used for legacy Proc-Type/DEK-Info)."""
+    """PEM with header lines as given (not validated; callers check them)."""
     out = [f"-----BEGIN {label}-----\n"]
     for name, value in headers:
         out.append(f"{name}: {value}\n")
@@ -514,7 +509,8 @@ def _load_pkcs8(der: bytes, *, decrypted: bool) -> PrivateKeyTypes:
         what = "RSA"
     elif oid == OID_EC:
         curve = _pkcs8_ec_curve(alg, raw)
-        algorithm = {"algorithm": "ec", "parameters": keys.ECDomainParameters(name="named", value=curve)}
+        named = keys.ECDomainParameters(name="named", value=curve)
+        algorithm = {"algorithm": "ec", "parameters": named}
         what = "EC"
     else:
         name = _UNSUPPORTED_ALGORITHM_NAMES.get(alg_name, f"algorithm OID {oid}")

@@ -18,8 +18,8 @@ from hsmsign.secrets import Secrets
 def pkcs11_tool_objects(softhsm, *extra: str) -> str:
     proc = subprocess.run(
         ["pkcs11-tool", "--module", softhsm.module, "--token-label", softhsm.label,
-         "--login", "--pin", softhsm.pin, "-O", *extra],  # the test PIN; never a real secret
-        capture_output=True, text=True, env={**clean_environ(), "SOFTHSM2_CONF": str(softhsm.conf)},
+         "--login", "--pin", "env:HSMSIGN_PIN", "-O", *extra],
+        capture_output=True, text=True, env={**clean_environ(), "SOFTHSM2_CONF": str(softhsm.conf), "HSMSIGN_PIN": softhsm.pin},
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

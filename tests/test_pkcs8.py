@@ -243,7 +243,8 @@ def test_ec_pkcs8_version_1_is_accepted():
     pki = core.Sequence.load(plain)
     v1 = keys_sequence(1, pki[1], pki[2].native)
     assert core.Sequence.load(v1)[0].native == 1
-    key = load_private_key(der_to_pem("PRIVATE KEY", v1, "role: targets\ngun: docker.io/x/y\n\n"), None)
+    v1_pem = der_to_pem("PRIVATE KEY", v1, "role: targets\ngun: docker.io/x/y\n\n")
+    key = load_private_key(v1_pem, None)
     assert_same_key(key, load_private_key(vector("03-ecdsa-secp256r1", "plain"), None))
     # and the same inside an encrypted PKCS#8 written by a notary-like writer
     enc = encrypt_with_inner(v1, b"pw", iterations=FAST)
@@ -320,11 +321,15 @@ def test_notary_headers_in_pkcs8_pem():
 def notary_key_id(key) -> str:
     """notary's key ID: sha256 of canonical JSON of the public key."""
     keytype = "rsa" if isinstance(key, rsa.RSAPrivateKey) else "ecdsa"
-    doc = {"keytype": keytype, "keyval": {"private": None, "public": base64.b64encode(spki(key)).decode()}}
-    return hashlib.sha256(json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+    public = base64.b64encode(spki(key)).decode()
+    doc = {"keytype": keytype, "keyval": {"private": None, "public": public}}
+    canonical = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@pytest.mark.parametrize("path,passphrase", TRUSTDIR_KEYS, ids=lambda v: getattr(v, "name", "")[:20])
+@pytest.mark.parametrize(
+    "path,passphrase", TRUSTDIR_KEYS, ids=lambda v: getattr(v, "name", "")[:20]
+)
 def test_trustdir_key_loads(path, passphrase):
     data = path.read_bytes()
     key = load_private_key(data, passphrase)
@@ -465,13 +470,16 @@ def test_truncated_input(name, pw):
         b"\x30\x82\x01\x00" + os.urandom(40),
         b"-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n",
         b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-        b"-----BEGIN PRIVATE KEY-----\n" + base64.b64encode(os.urandom(120)) + b"\n-----END PRIVATE KEY-----\n",
-        b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n" + base64.b64encode(os.urandom(120)) + b"\n-----END ENCRYPTED PRIVATE KEY-----\n",
-        b"-----BEGIN EC PRIVATE KEY-----\n" + base64.b64encode(os.urandom(120)) + b"\n-----END EC PRIVATE KEY-----\n",
+        der_to_pem("PRIVATE KEY", os.urandom(120)),
+        der_to_pem("ENCRYPTED PRIVATE KEY", os.urandom(120)),
+        der_to_pem("EC PRIVATE KEY", os.urandom(120)),
         b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\n"
         + base64.b64encode(os.urandom(64)) + b"\n-----END RSA PRIVATE KEY-----\n",
         b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: CAMELLIA-256-CBC,"
-        + b"00" * 16 + b"\n\n" + base64.b64encode(os.urandom(64)) + b"\n-----END RSA PRIVATE KEY-----\n",
+        + b"00" * 16
+        + b"\n\n"
+        + base64.b64encode(os.urandom(64))
+        + b"\n-----END RSA PRIVATE KEY-----\n",
     ],
     ids=[
         "empty", "text", "random", "der-like", "empty-block", "tiny-block", "random-pkcs8",
@@ -481,7 +489,8 @@ def test_truncated_input(name, pw):
 def test_garbage_input(data):
     with pytest.raises(KeyFormatError) as info:
         load_private_key(data, b"passphrase-xyz")
-    assert_message_is_clean(info.value, [b"passphrase-xyz"], data if data.startswith(b"-") else b"")
+    pem = data if data.startswith(b"-") else b""
+    assert_message_is_clean(info.value, [b"passphrase-xyz"], pem)
 
 
 def test_no_private_key_block():
@@ -616,7 +625,9 @@ def test_encrypt_private_key_pem_defaults(generated_keys):
 
 
 def test_encrypt_private_key_pem_sha1_omits_prf(generated_keys):
-    pem = encrypt_private_key_pem(generated_keys["p384"], b"pw", prf="sha1", iterations=FAST, salt_length=8)
+    pem = encrypt_private_key_pem(
+        generated_keys["p384"], b"pw", prf="sha1", iterations=FAST, salt_length=8
+    )
     kdf_params, _ = epki_params(pem)
     assert len(core.Sequence.load(kdf_params.dump())) == 2  # salt, iterationCount only
     assert len(kdf_params["salt"].chosen.native) == 8
@@ -661,7 +672,12 @@ def test_openssl_decrypts_sha1_prf(tmp_path, generated_keys):
 
 @needs_openssl
 @pytest.mark.parametrize(
-    "cipher,prf", [("aes-128-cbc", "hmacWithSHA512"), ("aes-192-cbc", "hmacWithSHA384"), ("aes-256-cbc", "hmacWithSHA1")]
+    "cipher,prf",
+    [
+        ("aes-128-cbc", "hmacWithSHA512"),
+        ("aes-192-cbc", "hmacWithSHA384"),
+        ("aes-256-cbc", "hmacWithSHA1"),
+    ],
 )
 def test_reads_openssl_written_pbes2(tmp_path, generated_keys, cipher, prf):
     key = generated_keys["p256"]
@@ -697,7 +713,8 @@ def test_pbes1_is_unsupported(tmp_path, generated_keys):
     pw = tmp_path / "pw"
     pw.write_bytes(b"x\n")
     proc = subprocess.run(
-        [OPENSSL, "pkcs8", "-topk8", "-in", str(plain), "-v1", "PBE-SHA1-3DES", "-passout", f"file:{pw}"],
+        [OPENSSL, "pkcs8", "-topk8", "-in", str(plain), "-v1", "PBE-SHA1-3DES",
+         "-passout", f"file:{pw}"],
         capture_output=True, check=False, timeout=30,
     )
     if proc.returncode != 0:
@@ -765,7 +782,8 @@ def test_encrypt_notary_pem_independent_reader(generated_keys, name):
         pki = keys.PrivateKeyInfo.load(inner.dump())
         assert pki["private_key_algorithm"]["algorithm"].native == "ec"
         assert pki["private_key_algorithm"]["parameters"].chosen.native == key.curve.name
-        assert pki["private_key"].parsed["private_key"].native == key.private_numbers().private_value
+        private_value = pki["private_key"].parsed["private_key"].native
+        assert private_value == key.private_numbers().private_value
     loaded = load_private_key(pem, b"notary pass")
     assert_same_key(loaded, key)
     with pytest.raises(WrongPassphrase):
@@ -783,9 +801,8 @@ def test_encrypt_notary_pem_defaults(generated_keys):
 
 def test_encrypt_notary_pem_same_shape_as_notary_vectors():
     """Our notary output and notary's own vectors have the same outer structure."""
-    ours = encrypt_notary_pem(
-        load_private_key(vector("06-ed25519-notaryoid", "plain"), None), b"ponies", {}, iterations=2048, salt_length=8
-    )
+    key = load_private_key(vector("06-ed25519-notaryoid", "plain"), None)
+    ours = encrypt_notary_pem(key, b"ponies", {}, iterations=2048, salt_length=8)
     theirs = vector("06-ed25519-notaryoid", "encrypted")
     for pem in (ours, theirs):
         info, inner = independent_notary_decrypt(pem, b"ponies")

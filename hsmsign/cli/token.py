@@ -25,5 +25,5 @@ def list_(app):
         app.emit_json([t.to_json() for t in tokens])
         return
     app.table(["LABEL", "SERIAL", "MANUFACTURER", "MODEL", "SLOT", "MODULE"],
-              [[t.label, t.serial, t.manufacturer, t.model, str(t.slot), t.module] for t in tokens],
+              [[t.label or "(not initialized)", t.serial, t.manufacturer, t.model, str(t.slot), t.module] for t in tokens],
               "No token present. Plug one in, or set HSMSIGN_PKCS11_MODULE.")

@@ -59,6 +59,19 @@ def _load_module(path: str):
         ) from None
 
 
+def _present_slots(lib, module: str) -> list:
+    """Slots with a token; a module that cannot enumerate them (e.g. no pcscd) is an error."""
+    import pkcs11
+
+    try:
+        return list(lib.get_slots(token_present=True))
+    except pkcs11.PKCS11Error as e:
+        raise TokenError(
+            f"PKCS#11 module {module} cannot list its slots ({type(e).__name__}); is the "
+            "reader service (pcscd) running and the device plugged in?"
+        ) from None
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
@@ -91,11 +104,12 @@ def list_tokens(config: TokenConfig) -> list[TokenInfo]:
     for module in config.candidate_modules():
         try:
             lib = _load_module(module)
+            slots = _present_slots(lib, module)
         except TokenError:
             if config.module:
                 raise
             continue
-        for slot in lib.get_slots(token_present=True):
+        for slot in slots:
             token = slot.get_token()
             found.append(TokenInfo(
                 module=module,
@@ -187,16 +201,14 @@ class Pkcs11KeyStore:
     def _find_slot(self):
         if self._slot is not None:
             return self._slot
-        errors = []
         for module in self.config.candidate_modules():
             try:
                 lib = _load_module(module)
-            except TokenError as e:
+                slots = [s for s in _present_slots(lib, module) if self._matches(s.get_token())]
+            except TokenError:
                 if self.config.module:
                     raise
-                errors.append(str(e))
                 continue
-            slots = [s for s in lib.get_slots(token_present=True) if self._matches(s.get_token())]
             if len(slots) > 1:
                 labels = ", ".join(_text(s.get_token().label) for s in slots)
                 raise TokenError(

@@ -1,0 +1,112 @@
+"""Signers from every store sign TUF metadata that python-tuf verifies."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from securesystemslib.signer import Signer
+from tuf.api.metadata import Metadata, Root, Targets
+
+from conftest import PASSPHRASE, Cli, clean_environ, passphrase_env
+from hsmsign.config import load_token_config
+from hsmsign.keystore.stores import KeyStores
+from hsmsign.secrets import Secrets
+from hsmsign.signing import FileSigner, TokenSigner, signer_for
+
+
+@pytest.fixture
+def stores(keyed_home, softhsm):
+    environ = {"HSMSIGN_PIN": softhsm.pin, **passphrase_env()}
+    secrets = Secrets(environ=environ)
+    config = load_token_config(keyed_home, environ=softhsm.env())
+    s = KeyStores(keyed_home, secrets, config)
+    yield s
+    s.close()
+
+
+def test_root_on_token_and_targets_in_file_sign_metadata_python_tuf_verifies(stores, softhsm,
+                                                                               keyed_home):
+    cli = Cli(keyed_home, clean_environ(**softhsm.env(), **passphrase_env()))
+    root_keyid = json.loads(cli("key", "generate", "root", "--store", "token", "--json").stdout)["keyid"]
+    targets_keyid = next(r.keyid for r in stores.files.list_keys() if r.role == "targets")
+
+    root_signer = signer_for(stores, root_keyid)
+    targets_signer = signer_for(stores, targets_keyid)
+    assert isinstance(root_signer, TokenSigner) and isinstance(targets_signer, FileSigner)
+
+    expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=30)
+    root = Metadata(Root(expires=expires))
+    root.signed.add_key(root_signer.public_key, "root")
+    root.signed.add_key(targets_signer.public_key, "targets")
+    root.sign(root_signer)
+    targets = Metadata(Targets(expires=expires))
+    targets.sign(targets_signer)
+
+    # python-tuf verifies both through the root's delegations, from the serialized bytes.
+    root_again = Metadata.from_bytes(root.to_bytes())
+    root_again.signed.verify_delegate("root", root_again.signed_bytes, root_again.signatures)
+    targets_again = Metadata.from_bytes(targets.to_bytes())
+    root_again.signed.verify_delegate("targets", targets_again.signed_bytes,
+                                      targets_again.signatures)
+    # A changed byte fails.
+    targets_again.signed.version += 1
+    from tuf.api.exceptions import UnsignedMetadataError
+
+    with pytest.raises(UnsignedMetadataError):
+        root_again.signed.verify_delegate("targets", targets_again.signed_bytes,
+                                          targets_again.signatures)
+
+
+def test_token_wins_when_a_key_is_in_both_stores(stores, keyed_home, softhsm):
+    targets = next(r for r in stores.files.list_keys() if r.role == "targets")
+    stores.token.import_private(stores.files.private_key(targets.keyid), "targets")
+    try:
+        assert [r.store for r in stores.locate(targets.keyid)] == ["token", "file"]
+        signer = signer_for(stores, targets.keyid)
+        assert isinstance(signer, TokenSigner)
+        signer.public_key.verify_signature(signer.sign(b"x"), b"x")
+    finally:
+        stores.token.remove(targets.keyid)
+
+
+def test_every_file_algorithm_signs(stores):
+    for record in stores.files.list_keys():
+        signer = signer_for(stores, record.keyid)
+        sig = signer.sign(b"payload")
+        assert sig.keyid == record.keyid
+        signer.public_key.verify_signature(sig, b"payload")
+
+
+def test_file_key_is_decrypted_once_per_process(stores):
+    record = next(r for r in stores.files.list_keys() if r.role == "snapshot")
+    signer = signer_for(stores, record.keyid)
+    signer.sign(b"one")
+    # The passphrase is gone from the environment now; the unlocked key is kept.
+    stores.secrets.environ = {}
+    stores.secrets._passphrases.clear()
+    signer.sign(b"two")
+    assert signer_for(stores, record.keyid).sign(b"three").keyid == record.keyid
+
+
+def test_hsmsign_uri_scheme_finds_the_key(keyed_home, monkeypatch, softhsm):
+    from hsmsign.keys import tuf_key
+    from hsmsign.keystore.file import FileKeyStore
+
+    files = FileKeyStore(keyed_home, Secrets(environ={}))
+    record = next(r for r in files.list_keys() if r.role == "releases")
+    public = tuf_key(files.public_key(record.keyid))
+    for name, value in softhsm.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HSMSIGN_HOME", str(keyed_home))
+    monkeypatch.delenv("HSMSIGN_DELEGATION_PASSPHRASE", raising=False)
+    asked = []
+
+    def handler(what: str) -> str:
+        asked.append(what)
+        return PASSPHRASE
+
+    signer = Signer.from_priv_key_uri(f"hsmsign:{record.keyid}", public, handler)
+    public.verify_signature(signer.sign(b"data"), b"data")
+    assert len(asked) == 1 and "passphrase" in asked[0].lower()
