@@ -22,7 +22,6 @@ from hsmsign.keys import Algorithm, KeyRecord, algorithm_of, key_id
 from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
-    import pkcs11
     from cryptography.hazmat.primitives.asymmetric.types import (
         PrivateKeyTypes,
         PublicKeyTypes,
@@ -176,6 +175,7 @@ class _TokenKey:
     record: KeyRecord
     cka_id: bytes
     public_key: Any
+    algorithm: Algorithm
 
 
 class Pkcs11KeyStore:
@@ -195,6 +195,7 @@ class Pkcs11KeyStore:
         self._session = None
         self._logged_in = False
         self._keys: dict[str, _TokenKey] | None = None
+        self._private_handles: dict[str, Any] = {}  # keyid -> key object of the logged-in session
 
     # -- finding the token -------------------------------------------------------------
 
@@ -304,6 +305,7 @@ class Pkcs11KeyStore:
             self._session.close()
         self._session = session
         self._logged_in = True
+        self._private_handles.clear()
         return session
 
     def close(self) -> None:
@@ -313,6 +315,7 @@ class Pkcs11KeyStore:
             finally:
                 self._session = None
                 self._logged_in = False
+                self._private_handles.clear()
 
     # -- keys --------------------------------------------------------------------------
 
@@ -336,6 +339,7 @@ class Pkcs11KeyStore:
                                  algorithm=alg.name, store=STORE, location=location),
                 cka_id=bytes(obj[Attribute.ID]),
                 public_key=public_key,
+                algorithm=alg,
             )
         self._keys = keys
         return keys
@@ -412,7 +416,7 @@ class Pkcs11KeyStore:
 
     def import_private(self, key: PrivateKeyTypes, role: str) -> KeyRecord:
         """Put a software key on the token, sensitive and non-extractable from then on."""
-        from pkcs11 import Attribute, KeyType, ObjectClass
+        from pkcs11 import Attribute, ObjectClass
 
         keyid = key_id(key.public_key())
         if keyid in self._scan():
@@ -442,15 +446,19 @@ class Pkcs11KeyStore:
         for obj in list(session.get_objects({Attribute.ID: cka_id})):
             obj.destroy()
         self._keys = None
+        self._private_handles.pop(keyid, None)
 
     def sign(self, keyid: str, payload: bytes) -> bytes:
         """A signature over `payload` in the encoding TUF expects, made on the token."""
-        from pkcs11 import MGF, Attribute, Mechanism, ObjectClass
+        from pkcs11 import MGF, Mechanism, ObjectClass
 
         token_key = self._get(keyid)
-        session = self._login()
-        private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=token_key.cka_id)
-        alg = algorithm_of(token_key.public_key)
+        private = self._private_handles.get(keyid)
+        if private is None:
+            session = self._login()
+            private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=token_key.cka_id)
+            self._private_handles[keyid] = private
+        alg = token_key.algorithm
         if alg.keytype == "ecdsa":
             # SoftHSM 2.6 has no CKM_ECDSA_SHA256: hash here, sign the digest, DER-encode r||s.
             from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
