@@ -124,6 +124,26 @@ def load_public_key_pem(data: bytes) -> PublicKeyTypes:
         raise HsmsignError(f"not a PEM public key ({e})") from None
 
 
+def load_public_key_file(path) -> PublicKeyTypes:
+    """A public key from a PEM file: SubjectPublicKeyInfo (docker's `NAME.pub`, with or without
+    its `role:` header), or an X.509 certificate (notary's root certificates)."""
+    from cryptography import x509
+
+    data = open(path, "rb").read()
+    # PEM headers ("role: alice") are not part of the key: drop them.
+    lines = [line for line in data.splitlines() if b": " not in line]
+    data = b"\n".join(lines) + b"\n"
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        try:
+            return x509.load_pem_x509_certificate(data).public_key()
+        except ValueError as e:
+            raise HsmsignError(f"{path}: not a PEM certificate ({e})") from None
+    try:
+        return load_public_key_pem(data)
+    except HsmsignError:
+        raise HsmsignError(f"{path} is not a PEM public key or certificate") from None
+
+
 def is_top_level(role: str) -> bool:
     return role in TOP_LEVEL_ROLES
 

@@ -8,6 +8,7 @@ Any python-tuf based tool can sign with them (`Metadata.sign(signer, append=True
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from securesystemslib.signer import (
@@ -28,7 +29,7 @@ from hsmsign.keystore.stores import KeyStores
 from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
-    pass
+    from tuf.api.metadata import Metadata
 
 URI_SCHEME = "hsmsign"
 
@@ -122,3 +123,96 @@ class HsmsignSigner(Signer):
 
 
 SIGNER_FOR_URI_SCHEME[URI_SCHEME] = HsmsignSigner
+
+
+@dataclass
+class SigningReport:
+    """Who signed a role's metadata, and how far it is from its threshold."""
+
+    role: str
+    version: int
+    threshold: int
+    authorized: list[str]  # key IDs whose signatures count
+    signed_here: list[str] = field(default_factory=list)  # signatures added by this process
+    valid: list[str] = field(default_factory=list)  # every valid signature of an authorized key
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.threshold - len(self.valid))
+
+    @property
+    def unsigned_keys(self) -> list[str]:
+        return [k for k in self.authorized if k not in self.valid]
+
+    def to_json(self) -> dict:
+        return {"role": self.role, "version": self.version, "threshold": self.threshold,
+                "signed_here": self.signed_here, "valid_signatures": self.valid,
+                "missing": self.missing, "can_still_sign": self.unsigned_keys}
+
+
+def valid_signers(md: Metadata, keys: dict[str, Key], data: bytes | None = None) -> list[str]:
+    """Key IDs of `keys` with a valid signature on `md` (`data`: its canonical bytes, if known)."""
+    valid = []
+    data = md.signed_bytes if data is None else data
+    for keyid, sig in md.signatures.items():
+        key = keys.get(keyid)
+        if key is None:
+            continue
+        try:
+            key.verify_signature(sig, data)
+        except Exception:  # noqa: BLE001 - any failure means "not a valid signature"
+            continue
+        valid.append(keyid)
+    return valid
+
+
+class SigningService:
+    """Signs metadata with every key of a role that this machine holds, hardware first.
+
+    Each new signature is checked against the role's public key before it is kept, so a token
+    that returns garbage can never leave a bad signature in the repository.
+    """
+
+    def __init__(self, stores: KeyStores, only: set[str] | None = None):
+        self.stores = stores
+        self.only = only  # sign only with these key IDs (e.g. `sign --key`)
+        self._signers: dict[str, Signer] = {}
+        self._here: set[str] | None = None
+
+    def available(self, keyids) -> list[str]:
+        """The key IDs among `keyids` that some store here holds."""
+        if self._here is None:
+            self._here = self.stores.all_keyids()
+        return [k for k in keyids if k in self._here and (self.only is None or k in self.only)]
+
+    def signer(self, keyid: str, public_key: Key) -> Signer:
+        if keyid not in self._signers:
+            self._signers[keyid] = signer_for(self.stores, keyid, public_key)
+        return self._signers[keyid]
+
+    def sign(self, md: Metadata, role: str, keys: dict[str, Key], threshold: int, *,
+             counted: dict[str, Key] | None = None) -> SigningReport:
+        """Add this machine's signatures for `keys` to `md`.
+
+        `counted` are the keys whose valid signatures count towards `threshold` (default
+        `keys`); root rotation signs with old and new keys but counts them separately.
+        """
+        counted = keys if counted is None else counted
+        report = SigningReport(role, md.signed.version, threshold, sorted(counted))
+        data = md.signed_bytes  # canonical JSON, computed once: it dominates for big roles
+        already = set(valid_signers(md, keys, data))
+        for keyid in self.available(sorted(keys)):
+            if keyid in already:
+                continue  # already signed by this key (e.g. `sign` run twice)
+            signature = self.signer(keyid, keys[keyid]).sign(data)
+            try:
+                keys[keyid].verify_signature(signature, data)
+            except Exception:  # noqa: BLE001
+                raise HsmsignError(
+                    f"the signature key {keyid[:7]} made for {role} does not verify; "
+                    "nothing was written"
+                ) from None
+            md.signatures[keyid] = signature
+            report.signed_here.append(keyid)
+        report.valid = valid_signers(md, counted, data)
+        return report

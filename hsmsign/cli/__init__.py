@@ -13,6 +13,12 @@ from hsmsign.cli.context import AppContext, common_options
 COMMANDS = {
     "key": ("hsmsign.cli.key", "key", "Generate, list, import, export and remove signing keys."),
     "token": ("hsmsign.cli.token", "token", "PKCS#11 tokens present."),
+    "repo": ("hsmsign.cli.repo", "repo", "Create, inspect, verify and refresh a TUF repository."),
+    "target": ("hsmsign.cli.target", "target", "Add, remove and list targets."),
+    "delegation": ("hsmsign.cli.delegation", "delegation", "Delegate targets to other keys."),
+    "signer": ("hsmsign.cli.delegation", "signer", "DCT signers: the releases delegation and one per signer."),
+    "sign": ("hsmsign.cli.sign", "sign", "Add this machine's signatures to a role (threshold signing)."),
+    "rotate": ("hsmsign.cli.sign", "rotate", "Replace the keys of a role."),
 }
 
 

@@ -59,6 +59,56 @@ class AppContext:
         if self._stores is not None:
             self._stores.close()
 
+    # -- repositories ------------------------------------------------------------------
+
+    def repository(self, path, *, signing: bool = True, only: set[str] | None = None):
+        """An `HsmsignRepository` with this machine's keys (no lock: see `locked`)."""
+        from pathlib import Path
+
+        from hsmsign.repository import HsmsignRepository
+
+        service = None
+        if signing:
+            from hsmsign.signing import SigningService
+
+            service = SigningService(self.stores, only=only)
+        return HsmsignRepository(Path(path), service)
+
+    def locked(self, path):
+        """Hold the repository's lock for the rest of the command."""
+        from pathlib import Path
+
+        from hsmsign.repository import RepositoryLock
+
+        return RepositoryLock(Path(path))
+
+    def public_key(self, key_or_pem: str):
+        """A TUF key from a key ID (prefix) in some store, or from a PEM file."""
+        import os
+
+        from hsmsign.keys import load_public_key_file, tuf_key
+
+        if os.path.isfile(key_or_pem):
+            return tuf_key(load_public_key_file(key_or_pem))
+        keyid = self.stores.resolve(key_or_pem)
+        return tuf_key(self.stores.public_key(keyid))
+
+    def report_signing(self, repo, written: list[str]) -> None:
+        """What was signed, and what still needs signatures (stderr, or JSON on stdout)."""
+        reports = list(repo.reports.values())
+        if self.json:
+            self.emit_json({"written": written, "signing": [r.to_json() for r in reports]})
+            return
+        for name in written:
+            self.note(f"wrote metadata/{name}")
+        for r in reports:
+            here = ", ".join(k[:7] for k in r.signed_here) or "no key here"
+            line = f"{r.role} v{r.version}: {len(r.valid)}/{r.threshold} signatures (signed now: {here})"
+            if r.missing:
+                line += (f"; needs {r.missing} more from: "
+                         f"{', '.join(k[:7] for k in r.unsigned_keys)}")
+            self.note(line)
+
     # -- output ------------------------------------------------------------------------
 
     def emit_json(self, data: Any) -> None:

@@ -1,0 +1,145 @@
+"""`hsmsign repo ...`: init, status, verify, refresh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hsmsign.cli.context import common_options, pass_app
+
+REPO = click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+
+
+def _parse_expires(values: tuple[str, ...]) -> dict[str, float]:
+    from hsmsign.errors import HsmsignError
+
+    out = {}
+    for value in values:
+        role, _, days = value.partition("=")
+        try:
+            out[role.strip()] = float(days)
+        except ValueError:
+            raise HsmsignError(f"--expires {value!r}: use ROLE=DAYS, e.g. timestamp=1") from None
+    return out
+
+
+@click.group()
+def repo():
+    """Create, inspect, verify and refresh a TUF repository."""
+
+
+@repo.command()
+@REPO
+@click.option("--root-key", "root_keys", multiple=True, help="Key ID or public key PEM (repeat).")
+@click.option("--root-threshold", type=int, default=1, show_default=True)
+@click.option("--targets-key", help="Key ID or public key PEM; generated as a file if absent.")
+@click.option("--snapshot-key", help="Key ID or public key PEM; generated as a file if absent.")
+@click.option("--timestamp-key", help="Key ID or public key PEM; generated as a file if absent.")
+@click.option("--expires", multiple=True, metavar="ROLE=DAYS",
+              help="Expiry period (defaults: root=365 targets=90 snapshot=7 timestamp=1 delegation=90).")
+@common_options
+@pass_app
+def init(app, repo, root_keys, root_threshold, targets_key, snapshot_key, timestamp_key, expires):
+    """Create signed initial metadata for root, targets, snapshot and timestamp."""
+    import shutil
+
+    from hsmsign.errors import HsmsignError
+    from hsmsign.keys import DEFAULT_ALGORITHM, algorithm
+
+    expiry = _parse_expires(expires)
+    created = not repo.exists()
+    if (repo / "metadata").exists() and any((repo / "metadata").iterdir()):
+        raise HsmsignError(f"{repo}/metadata is not empty; nothing changed")
+    repo.mkdir(parents=True, exist_ok=True)
+    try:
+        with app.locked(repo):
+            repository = app.repository(repo)
+            if repository.exists():
+                raise HsmsignError(f"{repo} already has metadata; nothing changed")
+
+            def key_for(role: str, given: str | None):
+                if given:
+                    return app.public_key(given)
+                record, why = app.stores.generate(role, None, algorithm(DEFAULT_ALGORITHM), "auto")
+                app.note(f"generated {role} key {record.keyid} in {record.store} ({why})")
+                return app.public_key(record.keyid)
+
+            roots = [app.public_key(k) for k in root_keys] or [key_for("root", None)]
+            role_keys = {role: [key_for(role, given)] for role, given in
+                         (("targets", targets_key), ("snapshot", snapshot_key),
+                          ("timestamp", timestamp_key))}
+            repository.init(roots, root_threshold, role_keys, expiry)
+            written = repository.commit()
+    except BaseException:
+        if created:
+            shutil.rmtree(repo, ignore_errors=True)
+        raise
+    app.report_signing(repository, written)
+
+
+@repo.command()
+@REPO
+@common_options
+@pass_app
+def status(app, repo):
+    """Versions, expiry, thresholds, who signed and who must still sign."""
+    from hsmsign.verification import status as repo_status
+
+    repository = app.repository(repo, signing=False)
+    held = app.stores.all_keyids()
+    roles = repo_status(repository, held)
+    if app.json:
+        app.emit_json({"roles": [r.to_json() for r in roles],
+                       "targets": [{"role": role, "path": t.path, "length": t.length,
+                                    "hashes": t.hashes} for role, t in repository.all_targets()]})
+        return
+    rows = []
+    for r in roles:
+        rows.append([r.role, str(r.version), f"{r.expires:%Y-%m-%d %H:%M}",
+                     f"{r.signatures}/{r.threshold}", str(len(r.keys)),
+                     ", ".join(k["keyid"][:7] + ("*" if k["here"] else "") for k in r.keys),
+                     "; ".join(r.problems) or "ok"])
+    app.table(["ROLE", "VERSION", "EXPIRES (UTC)", "SIGNED", "KEYS", "KEY IDS (* = here)", "STATUS"],
+              rows, "no roles")
+    targets = repository.all_targets()
+    app.note(f"\n{len(targets)} target(s); `hsmsign target list {repo}` lists them.")
+
+
+@repo.command()
+@REPO
+@click.option("--root", "trusted_root", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Start from this trusted root instead of metadata/1.root.json.")
+@common_options
+@pass_app
+def verify(app, repo, trusted_root):
+    """Verify every role as a TUF client would; exit 0 only if all verify."""
+    from hsmsign.verification import verify as repo_verify
+
+    result = repo_verify(app.repository(repo, signing=False),
+                         trusted_root.read_bytes() if trusted_root else None)
+    if app.json:
+        app.emit_json(result.to_json())
+        return
+    for role, version in result.roles.items():
+        app.note(f"{role} v{version}: ok")
+    click.echo(f"{repo}: verified (root v{result.root_version}, {len(result.roles)} roles)")
+
+
+@repo.command()
+@REPO
+@click.option("--role", "roles", multiple=True, help="Only these roles (repeat).")
+@click.option("--within", type=float, help="Re-sign roles expiring within DAYS (default: half their period).")
+@common_options
+@pass_app
+def refresh(app, repo, roles, within):
+    """Bump version and expiry of roles that expire soon, and re-sign them (for cron)."""
+    with app.locked(repo):
+        repository = app.repository(repo)
+        refreshed, skipped = repository.refresh(list(roles) or None, within)
+        written = repository.commit()
+    for line in skipped:
+        app.note(f"skipped {line}")
+    if not app.json:
+        app.note(f"refreshed: {', '.join(refreshed) or 'nothing was due'}")
+    app.report_signing(repository, written)

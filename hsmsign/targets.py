@@ -1,0 +1,79 @@
+"""Target descriptions from files, from hashes, and from manifests (JSON or CSV)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from tuf.api.metadata import TargetFile
+
+from hsmsign.errors import HsmsignError
+from hsmsign.repository import TARGETS_DIR, TargetUpload, check_target_path
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _sha256_hex(value: str, where: str) -> str:
+    value = value.strip().lower()
+    if not _HEX64.match(value):
+        raise HsmsignError(f"{where}: sha256 must be 64 hex characters")
+    return value
+
+
+def _length(value, where: str) -> int:
+    try:
+        length = int(value)
+    except (TypeError, ValueError):
+        raise HsmsignError(f"{where}: length must be a whole number of bytes") from None
+    if length < 0:
+        raise HsmsignError(f"{where}: length must not be negative")
+    return length
+
+
+def target_from_hash(path: str, length: int, sha256: str, custom: dict | None = None) -> TargetFile:
+    check_target_path(path)
+    return TargetFile(_length(length, path), {"sha256": _sha256_hex(sha256, path)}, path,
+                      unrecognized_fields={"custom": custom} if custom else None)
+
+
+def target_from_file(path: str, file: Path, repo: Path) -> tuple[TargetFile, TargetUpload]:
+    """The target for `file`, and where a consistent-snapshot client will fetch it."""
+    check_target_path(path)
+    digest = hashlib.sha256()
+    length = 0
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+            length += len(chunk)
+    sha256 = digest.hexdigest()
+    directory, _, name = path.rpartition("/")
+    destination = repo / TARGETS_DIR / directory / f"{sha256}.{name}"
+    return TargetFile(length, {"sha256": sha256}, path), TargetUpload(file, destination)
+
+
+def targets_from_manifest(manifest: Path) -> list[TargetFile]:
+    """Targets from `{"path": {"length": N, "hashes": {"sha256": hex}, "custom": {}}}` or a CSV
+    with the header `path,length,sha256`."""
+    text = manifest.read_text()
+    if text.lstrip().startswith("{"):
+        try:
+            entries = json.loads(text)
+        except ValueError as e:
+            raise HsmsignError(f"{manifest} is not valid JSON ({e})") from None
+        out = []
+        for path, entry in entries.items():
+            if not isinstance(entry, dict) or "hashes" not in entry or "length" not in entry:
+                raise HsmsignError(f"{manifest}: {path!r} needs 'length' and 'hashes'")
+            hashes = entry["hashes"]
+            if not isinstance(hashes, dict) or "sha256" not in hashes:
+                raise HsmsignError(f"{manifest}: {path!r} needs a sha256 hash")
+            out.append(target_from_hash(path, entry["length"], hashes["sha256"], entry.get("custom")))
+        return out
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None or [f.strip() for f in reader.fieldnames][:3] != ["path", "length", "sha256"]:
+        raise HsmsignError(f"{manifest}: a CSV manifest starts with the header path,length,sha256")
+    return [target_from_hash(row["path"].strip(), row["length"], row["sha256"],)
+            for row in reader]

@@ -1,0 +1,182 @@
+"""Checking a repository as a TUF client would, and saying who must still sign what.
+
+`verify` feeds the files on disk, in the order a client fetches them, to python-tuf's own
+client-side validator (`TrustedMetadataSet`, what `ngclient.Updater` uses), starting from
+`1.root.json` or a root the user trusts. `status` reads without judging: versions, expiry,
+thresholds, who signed and who has not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata
+from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
+from tuf.ngclient.config import EnvelopeType
+
+from hsmsign.keys import TOP_LEVEL_ROLES
+from hsmsign.repository import HsmsignRepository, RepositoryError, metadata_filename, now
+from hsmsign.signing import valid_signers
+
+
+def _fewer_keys_than_threshold(role: str, keys: int, threshold: int) -> str | None:
+    if keys < threshold:
+        return (f"role {role} has fewer keys than its threshold of {threshold}; "
+                "it will not be usable until keys are added to it")
+    return None
+
+
+def _explain(role: str, error: Exception) -> str:
+    if isinstance(error, tuf_errors.UnsignedMetadataError):
+        return (f"valid signatures did not meet threshold for {role} ({error}); "
+                f"sign it with `hsmsign sign REPO {role}` where the missing keys are")
+    if isinstance(error, tuf_errors.ExpiredMetadataError):
+        return f"{role} metadata has expired ({error}); re-sign it with `hsmsign repo refresh`"
+    if isinstance(error, tuf_errors.BadVersionNumberError):
+        return f"{role} metadata has the wrong version ({error}): a rollback or a stale file"
+    if isinstance(error, tuf_errors.LengthOrHashMismatchError):
+        return f"{role} metadata does not match what snapshot/timestamp say of it ({error})"
+    if isinstance(error, tuf_errors.RepositoryError):
+        return f"{role} metadata does not verify: {error}"
+    return f"{role} metadata cannot be read: {error}"
+
+
+@dataclass
+class Verified:
+    root_version: int
+    roles: dict[str, int] = field(default_factory=dict)  # role -> version verified
+
+    def to_json(self) -> dict:
+        return {"ok": True, "root_version": self.root_version, "roles": self.roles}
+
+
+def verify(repo: HsmsignRepository, trusted_root: bytes | None = None) -> Verified:
+    """Verify every role like a client; RepositoryError with a clear message on the first failure."""
+    repo.require()
+    read = lambda name: _read_bytes(repo, name)  # noqa: E731
+    step = "root"
+    try:
+        trusted = TrustedMetadataSet(trusted_root or read("1.root.json"), EnvelopeType.METADATA)
+        version = trusted.root.version + 1
+        while (repo.metadata_dir / metadata_filename("root", version)).exists():
+            trusted.update_root(read(metadata_filename("root", version)))
+            version += 1
+        step = "timestamp"
+        trusted.update_timestamp(read("timestamp.json"))
+        step = "snapshot"
+        trusted.update_snapshot(read(metadata_filename("snapshot",
+                                                       trusted.timestamp.snapshot_meta.version)))
+        result = Verified(trusted.root.version)
+        result.roles.update(root=trusted.root.version, timestamp=trusted.timestamp.version,
+                            snapshot=trusted.snapshot.version)
+        step = "targets"
+        _check_thresholds(trusted.root.roles.items())
+        trusted.update_targets(read(metadata_filename("targets", _meta_version(trusted, "targets"))))
+        result.roles["targets"] = trusted.targets.version
+        todo = [("targets", trusted.targets)]
+        while todo:
+            parent, targets = todo.pop(0)
+            if targets.delegations is None or targets.delegations.roles is None:
+                continue
+            _check_thresholds((n, r) for n, r in targets.delegations.roles.items())
+            for name in targets.delegations.roles:
+                if name in result.roles:
+                    continue
+                step = name
+                loaded = trusted.update_delegated_targets(
+                    read(metadata_filename(name, _meta_version(trusted, name))), name, parent)
+                result.roles[name] = loaded.version
+                todo.append((name, loaded))
+    except RepositoryError:
+        raise
+    except (tuf_errors.RepositoryError, ValueError) as e:
+        raise RepositoryError(_explain(step, e)) from None
+    return result
+
+
+def _check_thresholds(roles) -> None:
+    for name, spec in roles:
+        problem = _fewer_keys_than_threshold(name, len(spec.keyids), spec.threshold)
+        if problem:
+            raise RepositoryError(problem)
+
+
+def _meta_version(trusted: TrustedMetadataSet, role: str) -> int:
+    meta = trusted.snapshot.meta.get(f"{role}.json")
+    if meta is None:
+        raise RepositoryError(f"snapshot does not list {role}; re-sign with `hsmsign repo refresh`")
+    return meta.version
+
+
+def _read_bytes(repo: HsmsignRepository, name: str) -> bytes:
+    path = repo.metadata_dir / name
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise RepositoryError(f"{path} is missing; restore it") from None
+
+
+# -- status ---------------------------------------------------------------------------
+
+
+@dataclass
+class RoleStatus:
+    role: str
+    version: int
+    expires: datetime
+    threshold: int
+    keys: list[dict]  # {"keyid", "signed", "here"}
+    delegated_by: str
+    paths: list[str] | None = None
+    targets: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def signatures(self) -> int:
+        return sum(1 for k in self.keys if k["signed"])
+
+    @property
+    def threshold_met(self) -> bool:
+        return self.signatures >= self.threshold
+
+    def to_json(self) -> dict:
+        return {"role": self.role, "version": self.version,
+                "expires": self.expires.isoformat().replace("+00:00", "Z"),
+                "expired": self.expires <= now(), "threshold": self.threshold,
+                "signatures": self.signatures, "threshold_met": self.threshold_met,
+                "keys": self.keys, "delegated_by": self.delegated_by, "paths": self.paths,
+                "targets": self.targets, "problems": self.problems}
+
+
+def status(repo: HsmsignRepository, held_keyids: set[str]) -> list[RoleStatus]:
+    """Every role: version, expiry, threshold and, per key, whether it signed and is here."""
+    repo.require()
+    out = []
+    roles = ["root", "targets", "snapshot", "timestamp", *sorted(repo.parents())]
+    for role in roles:
+        md: Metadata = repo.open(role)
+        keys, threshold = repo.role_keys(role, md if role == "root" else None)
+        signed = set(valid_signers(md, keys))
+        entry = RoleStatus(
+            role=role, version=md.signed.version, expires=md.signed.expires,
+            threshold=threshold,
+            keys=[{"keyid": k, "signed": k in signed, "here": k in held_keyids} for k in sorted(keys)],
+            delegated_by="root" if role in TOP_LEVEL_ROLES else repo.parents()[role],
+        )
+        if role not in TOP_LEVEL_ROLES:
+            entry.paths = list(repo.delegated_role(role).paths or [])
+        if role not in ("root", "snapshot", "timestamp"):
+            entry.targets = len(md.signed.targets)
+        problem = _fewer_keys_than_threshold(role, len(keys), threshold)
+        if problem:
+            entry.problems.append(problem)
+        elif not entry.threshold_met:
+            need = threshold - entry.signatures
+            can = [k["keyid"][:7] for k in entry.keys if not k["signed"]]
+            entry.problems.append(f"needs {need} more signature(s), from any of: {', '.join(can)}")
+        if md.signed.expires <= now():
+            entry.problems.append(f"expired on {md.signed.expires:%Y-%m-%d %H:%M} UTC")
+        out.append(entry)
+    return out
