@@ -299,16 +299,20 @@ class HsmsignRepository(Repository):
     def parents(self) -> dict[str, str]:
         """Delegated role -> the role that delegates it, for every role reachable from targets."""
         if self._parents is None:
-            parents: dict[str, str] = {}
+            # Filled in place: loading a child checks its signatures, which needs its parent.
+            self._parents = parents = {}
             todo = ["targets"]
-            while todo:
-                parent = todo.pop()
-                delegations = self.open(parent).signed.delegations
-                for name in (delegations.roles or {}) if delegations else {}:
-                    if name not in parents and name not in TOP_LEVEL_ROLES:
-                        parents[name] = parent
-                        todo.append(name)
-            self._parents = parents
+            try:
+                while todo:
+                    parent = todo.pop()
+                    delegations = self.open(parent).signed.delegations
+                    for name in (delegations.roles or {}) if delegations else {}:
+                        if name not in parents and name not in TOP_LEVEL_ROLES:
+                            parents[name] = parent
+                            todo.append(name)
+            except BaseException:
+                self._parents = None
+                raise
         return self._parents
 
     def role_exists(self, role: str) -> bool:

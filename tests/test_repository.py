@@ -1,0 +1,340 @@
+"""Repository management through the real CLI, checked by python-tuf's own client."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from tuf.ngclient import Updater
+
+from conftest import Cli, clean_environ, passphrase_env, tree_digest
+
+
+@pytest.fixture(scope="session")
+def prepared_repo(tmp_path_factory, softhsm) -> tuple[Path, Path]:
+    """A repository with root on the SoftHSM token and the online keys in files, made once."""
+    base = tmp_path_factory.mktemp("repo")
+    cli = Cli(base / "home", clean_environ(**softhsm.env(), **passphrase_env()))
+    cli("repo", "init", str(base / "repo"))
+    return base / "home", base / "repo"
+
+
+@pytest.fixture
+def env(softhsm):
+    return clean_environ(**softhsm.env(), **passphrase_env())
+
+
+@pytest.fixture
+def repo(prepared_repo, tmp_path, env) -> tuple[Cli, Path]:
+    home, repo = prepared_repo
+    shutil.copytree(home, tmp_path / "home", symlinks=True)
+    shutil.copytree(repo, tmp_path / "repo", symlinks=True)
+    return Cli(tmp_path / "home", env), tmp_path / "repo"
+
+
+class Server:
+    """A loopback static web server for REPO, as any web server would serve it."""
+
+    def __init__(self, root: Path):
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(repo):
+    s = Server(repo[1])
+    yield s
+    s.close()
+
+
+def updater(repo_path: Path, server: Server, client_dir: Path) -> Updater:
+    (client_dir / "metadata").mkdir(parents=True, exist_ok=True)
+    (client_dir / "targets").mkdir(parents=True, exist_ok=True)
+    return Updater(str(client_dir / "metadata"), f"{server.url}/metadata/",
+                   str(client_dir / "targets"), f"{server.url}/targets/",
+                   bootstrap=(repo_path / "metadata" / "1.root.json").read_bytes())
+
+
+def keyid_of(cli: Cli, role: str, store: str | None = None) -> str:
+    records = json.loads(cli("key", "list", "--json").stdout)
+    return next(r["keyid"] for r in records
+                if r["role"] == role and (store is None or r["store"] == store))
+
+
+def test_init_layout_and_defaults(repo):
+    cli, path = repo
+    names = sorted(p.name for p in (path / "metadata").iterdir())
+    assert names == ["1.root.json", "1.snapshot.json", "1.targets.json", "timestamp.json"]
+    roles = {r["role"]: r for r in json.loads(cli("repo", "status", str(path), "--json").stdout)["roles"]}
+    root = json.loads((path / "metadata" / "1.root.json").read_text())
+    assert root["signed"]["consistent_snapshot"] is True
+    stores = {r["keyid"]: r["store"] for r in json.loads(cli("key", "list", "--json").stdout)}
+    assert stores[roles["root"]["keys"][0]["keyid"]] == "token"
+    assert stores[roles["targets"]["keys"][0]["keyid"]] == "file"
+    from datetime import datetime, timezone
+
+    def days_left(role):
+        expires = datetime.fromisoformat(roles[role]["expires"].replace("Z", "+00:00"))
+        return (expires - datetime.now(timezone.utc)).total_seconds() / 86400
+
+    assert round(days_left("root")) == 365 and round(days_left("targets")) == 90
+    assert round(days_left("snapshot")) == 7 and round(days_left("timestamp")) == 1
+    assert all(r["threshold_met"] and not r["problems"] for r in roles.values())
+
+
+def test_client_end_to_end_with_delegation_and_rotations(repo, server, tmp_path):
+    cli, path = repo
+    payload = tmp_path / "app-1.0.tar.gz"
+    payload.write_bytes(b"release 1.0\n" * 1000)
+    cli("target", "add", str(path), "app/app-1.0.tar.gz", "--file", str(payload))
+    cli("target", "add", str(path), "app/by-hash.bin", "--length", "3", "--sha256",
+        "a" * 64)
+    # A delegation whose key is here (DCT's signer add: releases + alice).
+    alice = json.loads(cli("key", "generate", "alice", "--json").stdout)["keyid"]
+    pub = tmp_path / "alice.pub"
+    cli("key", "export", alice, "-o", str(pub))
+    cli("signer", "add", "alice", "--key", str(pub), str(path))
+    cli("target", "add", str(path), "latest", "--length", "5", "--sha256", "b" * 64,
+        "--role", "releases")
+    cli("repo", "verify", str(path))
+
+    client = tmp_path / "client"
+    up = updater(path, server, client)
+    up.refresh()
+    info = up.get_targetinfo("app/app-1.0.tar.gz")
+    assert info is not None and info.length == payload.stat().st_size
+    downloaded = up.download_target(info)
+    assert Path(downloaded).read_bytes() == payload.read_bytes()
+    assert up.get_targetinfo("latest").hashes == {"sha256": "b" * 64}
+    assert up.get_targetinfo("app/by-hash.bin").length == 3
+    assert up.get_targetinfo("nope") is None
+
+    # Root rotation: a new root key on the token replaces the old one.
+    old_root = keyid_of(cli, "root")
+    new_root = json.loads(cli("key", "generate", "root", "--store", "token", "--json").stdout)["keyid"]
+    out = cli("rotate", str(path), "root", "--add-key", new_root, "--remove-key", old_root, "--json")
+    signing = {s["role"]: s for s in json.loads(out.stdout)["signing"]}
+    assert signing["root"]["valid_signatures"] == [new_root]
+    assert signing["root (previous keys)"]["valid_signatures"] == [old_root]
+    # Targets key rotation: a new file key.
+    old_targets = keyid_of(cli, "targets")
+    new_targets = json.loads(cli("key", "generate", "targets", "--json").stdout)["keyid"]
+    cli("rotate", str(path), "targets", "--add-key", new_targets, "--remove-key", old_targets)
+    cli("repo", "verify", str(path))
+
+    up = updater(path, server, client)  # same local metadata: the client walks 1 -> 2 -> 3
+    up.refresh()
+    assert up.get_targetinfo("latest") is not None
+    assert up.get_targetinfo("app/app-1.0.tar.gz") is not None
+    assert json.loads((client / "metadata" / "root.json").read_text())["signed"]["version"] == 3
+
+
+def test_threshold_root_signed_by_two_tokens_one_custodian_at_a_time(softhsm, tmp_path):
+    softhsm.add_token("custodian-b")
+    env_a = clean_environ(**softhsm.env(), **passphrase_env())
+    env_b = dict(env_a, HSMSIGN_TOKEN_LABEL="custodian-b")
+    alice, bob = Cli(tmp_path / "alice", env_a), Cli(tmp_path / "bob", env_b)
+    keys = []
+    for who, n in ((alice, 1), (bob, 1), (bob, 2)):
+        keyid = json.loads(who("key", "generate", "root", "--store", "token", "--json").stdout)["keyid"]
+        pem = tmp_path / f"root-{keyid[:7]}.pub"
+        who("key", "export", keyid, "-o", str(pem))
+        keys.append((keyid, pem))
+    path = tmp_path / "repo"
+    args = [a for _, pem in keys for a in ("--root-key", str(pem))]
+    alice("repo", "init", str(path), *args, "--root-threshold", "2")
+    # Alice's token alone: 1 of 2.
+    result = alice.fails("repo", "verify", str(path))
+    assert "valid signatures did not meet threshold for root" in result.error_lines[0]
+    status = json.loads(alice("repo", "status", str(path), "--json").stdout)["roles"][0]
+    assert status["signatures"] == 1 and status["threshold"] == 2
+    assert "needs 1 more signature" in status["problems"][0]
+    # Bob signs the same 1.root.json with his token, one key only.
+    before = (path / "metadata" / "1.root.json").read_bytes()
+    bob("sign", str(path), "root", "--key", keys[1][0])
+    after = json.loads((path / "metadata" / "1.root.json").read_text())
+    assert after["signed"] == json.loads(before)["signed"]  # same metadata, one more signature
+    assert {s["keyid"] for s in after["signatures"]} == {keys[0][0], keys[1][0]}
+    alice("repo", "verify", str(path))
+    # Signing again changes nothing.
+    again = bob("sign", str(path), "root", "--key", keys[1][0])
+    assert "nothing changed" in again.stderr
+
+
+def test_tampering_is_caught_by_verify_and_by_the_client(repo, server, tmp_path):
+    cli, path = repo
+    cli("target", "add", str(path), "a.txt", "--length", "1", "--sha256", "c" * 64)
+    targets = path / "metadata" / "2.targets.json"
+    doc = json.loads(targets.read_text())
+    doc["signed"]["targets"]["a.txt"]["length"] = 2
+    targets.write_text(json.dumps(doc))
+    assert "targets" in cli.fails("repo", "verify", str(path)).error_lines[0]
+    from tuf.api.exceptions import RepositoryError
+
+    up = updater(path, server, tmp_path / "client")
+    with pytest.raises(RepositoryError, match="targets was signed by 0/1 keys"):
+        up.refresh()
+    # Editing commands refuse to build on it, and change nothing.
+    before = tree_digest(path)
+    error = cli.fails("target", "add", str(path), "b.txt", "--length", "1", "--sha256",
+                      "d" * 64).error_lines[0]
+    assert "changed after it was signed" in error
+    assert tree_digest(path) == before
+
+
+@pytest.mark.parametrize("damage", ["wrong_type", "rollback", "not_json"])
+def test_hand_edited_metadata_is_an_error(repo, damage):
+    cli, path = repo
+    cli("target", "add", str(path), "a.txt", "--length", "1", "--sha256", "c" * 64)
+    md = path / "metadata"
+    if damage == "wrong_type":
+        doc = json.loads((md / "2.snapshot.json").read_text())
+        doc["signed"]["_type"] = "timestamp"
+        (md / "2.snapshot.json").write_text(json.dumps(doc))
+    elif damage == "rollback":
+        shutil.copy(md / "1.targets.json", md / "2.targets.json")
+    else:
+        (md / "2.targets.json").write_text("{not json")
+    before = tree_digest(path)
+    cli.fails("repo", "verify", str(path))
+    cli.fails("target", "add", str(path), "b.txt", "--length", "1", "--sha256", "d" * 64)
+    assert tree_digest(path) == before
+
+
+def test_expired_metadata_fails_verify_and_refresh_fixes_it(repo, tmp_path, env):
+    cli, _ = repo
+    path = tmp_path / "short"
+    cli("repo", "init", str(path), "--expires", "timestamp=0.00002")  # ~2 seconds
+    time.sleep(2.5)
+    assert "expired" in cli.fails("repo", "verify", str(path)).error_lines[0]
+    out = cli("repo", "refresh", str(path))
+    assert "refreshed: timestamp" in out.stderr
+    cli("repo", "verify", str(path))
+
+
+def test_refresh_within_days_bumps_every_role_it_can_sign(repo):
+    cli, path = repo
+    cli("repo", "refresh", str(path), "--within", "400")
+    status = {r["role"]: r["version"]
+              for r in json.loads(cli("repo", "status", str(path), "--json").stdout)["roles"]}
+    assert status == {"root": 2, "targets": 2, "snapshot": 2, "timestamp": 2}
+    cli("repo", "verify", str(path))
+    # Nothing due: nothing written.
+    before = tree_digest(path / "metadata")
+    assert "nothing was due" in cli("repo", "refresh", str(path)).stderr
+    assert tree_digest(path / "metadata") == before
+
+
+def test_manifest_json_and_csv_list_and_remove(repo, tmp_path):
+    cli, path = repo
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({
+        "v1/app.tar.gz": {"length": 10, "hashes": {"sha256": "1" * 64}, "custom": {"tag": "v1"}},
+        "v2/app.tar.gz": {"length": 20, "hashes": {"sha256": "2" * 64}},
+    }))
+    cli("target", "add", str(path), "--from-manifest", str(manifest))
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,length,sha256\nv3/app.tar.gz,30," + "3" * 64 + "\n")
+    cli("target", "add", str(path), "--from-manifest", str(csv))
+    listed = {t["path"]: t for t in json.loads(cli("target", "list", str(path), "--json").stdout)}
+    assert set(listed) == {"v1/app.tar.gz", "v2/app.tar.gz", "v3/app.tar.gz"}
+    assert listed["v1/app.tar.gz"]["custom"] == {"tag": "v1"}
+    assert listed["v3/app.tar.gz"]["hashes"] == {"sha256": "3" * 64}
+    cli("target", "remove", str(path), "v2/app.tar.gz")
+    assert "v2/app.tar.gz" not in cli("target", "list", str(path)).stdout
+    cli("repo", "verify", str(path))
+
+
+def test_unsigned_delegation_is_reported_in_dct_words(repo, tmp_path):
+    cli, path = repo
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsmsign.keys import public_key_pem
+
+    bob_pub = tmp_path / "bob.pub"  # a signer whose private key is on another machine
+    bob_pub.write_bytes(public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    out = cli("signer", "add", "bob", "--key", str(bob_pub), str(path))
+    assert "releases v1: 0/1 signatures" in out.stderr
+    error = cli.fails("repo", "verify", str(path)).error_lines[0]
+    assert "valid signatures did not meet threshold for" in error
+    roles = {r["role"]: r for r in json.loads(cli("repo", "status", str(path), "--json").stdout)["roles"]}
+    assert roles["releases"]["delegated_by"] == "targets" and not roles["releases"]["threshold_met"]
+    # Removing the signer leaves releases with no key: the DCT warning.
+    out = cli("signer", "remove", "bob", str(path))
+    assert ("role releases has fewer keys than its threshold of 1; it will not be usable "
+            "until keys are added to it") in out.stderr
+    assert "fewer keys than its threshold" in cli.fails("repo", "verify", str(path)).error_lines[0]
+
+
+def test_bad_input_changes_nothing(repo, tmp_path):
+    cli, path = repo
+    alice = json.loads(cli("key", "generate", "alice", "--json").stdout)["keyid"]
+    cli("delegation", "add", str(path), "a", "--key", alice, "--path", "pkg/*")
+    cli("delegation", "add", str(path), "b", "--key", alice, "--path", "pkg/b*", "--from", "a")
+    before = tree_digest(path)
+    cases = [
+        (["target", "add", str(path), "x", "--length", "1", "--sha256", "e" * 64, "--role", "nope"],
+         "unknown role"),
+        (["delegation", "add", str(path), "a", "--key", alice, "--from", "b"], "already delegated"),
+        (["delegation", "add", str(path), "b", "--key", alice, "--from", "b"], "cycle"),
+        (["delegation", "add", str(path), "c", "--key", alice, "--path", "other/*", "--from", "a"],
+         "outside what a may sign"),
+        (["delegation", "add", str(path), "d", "--key", alice, "--threshold", "0"], "threshold 0"),
+        (["delegation", "add", str(path), "d", "--key", alice, "--threshold", "2"], "threshold 2"),
+        (["delegation", "add", str(path), "d", "--key", "abcdef0123456"], "no key matches"),
+        (["rotate", str(path), "targets", "--remove-key", alice], "matches 0 keys of targets"),
+        (["target", "add", str(path), "elsewhere/x", "--length", "1", "--sha256", "e" * 64,
+          "--role", "a"], "outside the paths delegated to a"),
+        (["target", "add", str(path), "../x", "--length", "1", "--sha256", "e" * 64], "invalid target path"),
+        (["target", "add", str(path), "x", "--length", "1", "--sha256", "xyz"], "64 hex"),
+        (["target", "remove", str(path), "never-added"], "has no target"),
+        (["sign", str(path), "nope"], "unknown role"),
+        (["delegation", "add", str(path), "root", "--key", alice], "top-level role"),
+    ]
+    for args, expected in cases:
+        result = cli.fails(*args)
+        assert expected in result.error_lines[0], (args, result.stderr)
+        assert tree_digest(path) == before, args
+    # A role with one key cannot lose it through rotation.
+    targets_key = keyid_of(cli, "targets")
+    assert "threshold" in cli.fails("rotate", str(path), "targets", "--remove-key",
+                                    targets_key).error_lines[0]
+    assert tree_digest(path) == before
+
+
+def test_a_second_process_waits_for_the_lock_then_fails_cleanly(repo):
+    cli, path = repo
+    from hsmsign.repository import RepositoryLock
+
+    before = tree_digest(path)
+    with RepositoryLock(path):
+        result = cli.fails("target", "add", str(path), "x", "--length", "1", "--sha256", "e" * 64,
+                           env={"HSMSIGN_LOCK_TIMEOUT": "0.5"})
+    assert "another hsmsign process is changing" in result.error_lines[0]
+    assert tree_digest(path) == before
+    cli("target", "add", str(path), "x", "--length", "1", "--sha256", "e" * 64)
+
+
+def test_init_refuses_an_existing_repository(repo):
+    cli, path = repo
+    before = tree_digest(path)
+    assert "is not empty" in cli.fails("repo", "init", str(path)).error_lines[0]
+    assert tree_digest(path) == before
