@@ -174,3 +174,34 @@ def test_no_token_with_that_label(softhsm, home):
     assert tree_digest(home) == {}
     listing = cli("key", "list")
     assert "warning: token keys not listed" in listing.stderr
+
+
+def test_well_known_module_is_found_when_none_is_configured(softhsm, home):
+    env = clean_environ(SOFTHSM2_CONF=str(softhsm.conf), HSMSIGN_TOKEN_LABEL=softhsm.label,
+                        HSMSIGN_PIN=softhsm.pin, **passphrase_env())
+    cli = Cli(home, env)
+    record = json.loads(cli("key", "generate", "root", "--json").stdout)
+    assert record["store"] == "token" and softhsm.label in record["location"]
+    tokens = json.loads(cli("token", "list", "--json").stdout)
+    assert any(t["label"] == softhsm.label and t["module"] == softhsm.module for t in tokens)
+    cli("key", "remove", record["keyid"], "--force")
+
+
+def test_token_chosen_by_serial_and_by_config_file(softhsm, home):
+    tokens = json.loads(Cli(home, clean_environ(**softhsm.env()))("token", "list", "--json").stdout)
+    serial = next(t["serial"] for t in tokens if t["label"] == softhsm.label)
+    env = clean_environ(SOFTHSM2_CONF=str(softhsm.conf), HSMSIGN_TOKEN_SERIAL=serial,
+                        HSMSIGN_PKCS11_MODULE=softhsm.module, HSMSIGN_PIN=softhsm.pin)
+    record = json.loads(Cli(home, env)("key", "generate", "root", "--store", "token",
+                                       "--json").stdout)
+    assert serial in record["location"]
+    # The same token named in <home>/config.toml instead of the environment.
+    home.mkdir(mode=0o700, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[pkcs11]\nmodule = "{softhsm.module}"\ntoken_label = "{softhsm.label}"\n')
+    env = clean_environ(SOFTHSM2_CONF=str(softhsm.conf), HSMSIGN_PIN=softhsm.pin)
+    listed = json.loads(Cli(home, env)("key", "list", "--json").stdout)
+    assert record["keyid"] in {r["keyid"] for r in listed if r["store"] == "token"}
+    Cli(home, env)("key", "remove", record["keyid"], "--force")
+    (home / "config.toml").write_text("[pkcs11\nbroken")
+    assert "config.toml is not valid TOML" in Cli(home, env).fails("key", "list").error_lines[0]
