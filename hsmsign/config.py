@@ -47,11 +47,17 @@ class TokenConfig:
     label: str | None = None
     serial: str | None = None
     explicit: bool = False  # configured by the user (not found by searching)
+    enabled: bool = True  # False: no token at all (e.g. a ceremony's file-only staging home)
 
     def candidate_modules(self) -> list[str]:
+        if not self.enabled:
+            return []
         if self.module:
             return [self.module]
         return [m for m in WELL_KNOWN_MODULES if os.path.exists(m)]
+
+
+NO_TOKEN = TokenConfig(enabled=False)
 
 
 def load_token_config(home: Path, *, module: str | None = None,

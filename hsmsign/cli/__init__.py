@@ -19,6 +19,7 @@ COMMANDS = {
     "signer": ("hsmsign.cli.delegation", "signer", "DCT signers: the releases delegation and one per signer."),
     "sign": ("hsmsign.cli.sign", "sign", "Add this machine's signatures to a role (threshold signing)."),
     "rotate": ("hsmsign.cli.sign", "rotate", "Replace the keys of a role."),
+    "ceremony": ("hsmsign.cli.ceremony", "ceremony", "The guided offline root ceremony."),
 }
 
 

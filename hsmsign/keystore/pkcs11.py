@@ -308,6 +308,10 @@ class Pkcs11KeyStore:
         self._private_handles.clear()
         return session
 
+    def login(self) -> None:
+        """Log in now (e.g. to check a PIN before a long operation)."""
+        self._login()
+
     def close(self) -> None:
         if self._session is not None:
             try:

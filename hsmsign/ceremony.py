@@ -1,0 +1,481 @@
+"""The guided offline root ceremony: several tokens, a threshold root, a signed transcript.
+
+Steps: preflight, one root key per custodian token, online keys, metadata (each custodian
+signs root), client-side verification, backups of the file keys, transcript. Everything is
+staged in a work directory next to REPO and moved into place only when every step passed;
+a failure or an abort leaves REPO and the home as they were and lists the keys created on
+tokens (which cannot be un-generated) so the operator can remove them.
+
+Nothing here prints or prompts: the CLI hands in a `CeremonyUI`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from hsmsign import __version__
+from hsmsign.config import NO_TOKEN, TokenConfig, load_token_config
+from hsmsign.errors import HsmsignError
+from hsmsign.keys import DEFAULT_ALGORITHM, algorithm, tuf_key
+from hsmsign.keystore.stores import KeyStores
+from hsmsign.repository import DEFAULT_EXPIRY_DAYS, HsmsignRepository
+from hsmsign.secrets import Secrets
+from hsmsign.signing import SigningService, signer_for
+from hsmsign.transcript import Transcript
+from hsmsign.verification import verify
+
+MIN_FREE_BYTES = 10 * 1024 * 1024
+
+
+class CeremonyAborted(HsmsignError):
+    """The operator said no, or a step failed; nothing was moved into place."""
+
+
+class CeremonyUI(Protocol):
+    def screen(self, title: str, rows: list[tuple[str, str]]) -> None: ...
+
+    def confirm(self, question: str) -> bool: ...
+
+    def pause(self, message: str) -> None: ...
+
+
+# -- the plan -------------------------------------------------------------------------
+
+
+@dataclass
+class Custodian:
+    name: str
+    token: str  # "pkcs11:token=LABEL" or "yubikey:SERIAL"
+    pin_env: str | None = None
+
+    @property
+    def token_label(self) -> str:
+        kind, _, rest = self.token.partition(":")
+        if kind != "pkcs11":
+            raise HsmsignError(f"custodian {self.name}: token {self.token!r} is not a PKCS#11 token")
+        fields = dict(part.split("=", 1) for part in rest.split(";") if "=" in part)
+        if "token" not in fields:
+            raise HsmsignError(f"custodian {self.name}: write the token as pkcs11:token=LABEL")
+        return fields["token"]
+
+
+@dataclass
+class Plan:
+    threshold: int
+    custodians: list[Custodian]
+    expires: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EXPIRY_DAYS))
+    online_store: str = "file"
+    online_token: str = ""  # label of the token for online keys when online_store is "token"
+    backup_destinations: list[Path] = field(default_factory=list)
+    confirm_all: bool = False
+    allow_network: bool = False
+    algorithm: str = DEFAULT_ALGORITHM
+    pkcs11_module: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.custodians)
+
+    def check(self) -> None:
+        if not self.custodians:
+            raise HsmsignError("the ceremony needs at least one custodian token")
+        if not 1 <= self.threshold <= len(self.custodians):
+            raise HsmsignError(
+                f"threshold {self.threshold} is not between 1 and the {len(self.custodians)} tokens"
+            )
+        names = [c.name for c in self.custodians]
+        if len(set(names)) != len(names):
+            raise HsmsignError("custodian names must be different")
+        tokens = [c.token for c in self.custodians]
+        if len(set(tokens)) != len(tokens):
+            raise HsmsignError("each custodian needs a token of their own")
+        if self.online_store not in ("file", "token"):
+            raise HsmsignError("online_keys.store must be 'file' or 'token'")
+        if self.online_store == "token" and not self.online_token:
+            raise HsmsignError("online_keys.store = 'token' needs online_keys.token = 'LABEL'")
+
+
+def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
+              backup_to: list[Path], allow_network: bool) -> Plan:
+    """The plan file, with the command line winning over it."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise HsmsignError(f"cannot read plan {path}: {e}") from None
+    custodians = [Custodian(c["name"], c["token"], c.get("pin_env"))
+                  for c in data.get("custodian", [])
+                  if isinstance(c, dict) and "name" in c and "token" in c]
+    if len(custodians) != len(data.get("custodian", [])):
+        raise HsmsignError("every [[custodian]] in the plan needs a name and a token")
+    if tokens is not None:
+        if tokens > len(custodians):
+            raise HsmsignError(
+                f"--tokens {tokens}: the plan names {len(custodians)} custodian(s); add them to the plan"
+            )
+        custodians = custodians[:tokens]
+    expires = dict(DEFAULT_EXPIRY_DAYS)
+    expires.update({k: float(v) for k, v in data.get("expires", {}).items()})
+    plan = Plan(
+        threshold=threshold if threshold is not None else int(data.get("threshold", 0) or 0),
+        custodians=custodians,
+        expires=expires,
+        online_store=data.get("online_keys", {}).get("store", "file"),
+        online_token=data.get("online_keys", {}).get("token", ""),
+        backup_destinations=[*backup_to] or [Path(p) for p in data.get("backup", {}).get("destinations", [])],
+        confirm_all=bool(data.get("confirm", {}).get("all", False)),
+        allow_network=allow_network or bool(data.get("allow_network", False)),
+        algorithm=data.get("algorithm", DEFAULT_ALGORITHM),
+        pkcs11_module=data.get("pkcs11", {}).get("module"),
+    )
+    plan.check()
+    return plan
+
+
+# -- checks ---------------------------------------------------------------------------
+
+
+def network_interfaces_up(sys_class_net: Path = Path("/sys/class/net")) -> list[str]:
+    """Interfaces other than loopback that are up (an air-gapped laptop has none)."""
+    up = []
+    for iface in sorted(os.listdir(sys_class_net)) if sys_class_net.is_dir() else []:
+        if iface == "lo":
+            continue
+        try:
+            state = (sys_class_net / iface / "operstate").read_text().strip()
+            flags = int((sys_class_net / iface / "flags").read_text().strip(), 16)
+        except (OSError, ValueError):
+            continue
+        if state == "up" or (state == "unknown" and flags & 0x1):
+            up.append(iface)
+    return up
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"hsmsign": __version__, "python": platform.python_version()}
+    for name in ("tuf", "securesystemslib", "cryptography", "python-pkcs11", "asn1crypto"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def check_destination(path: Path) -> dict:
+    """A backup destination must exist, be a writable directory and have room."""
+    if not path.is_dir():
+        raise HsmsignError(f"backup destination {path} is not a directory; mount the USB drive")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".hsmsign-write-test-"):
+            pass
+    except OSError as e:
+        raise HsmsignError(f"backup destination {path} is not writable ({e.strerror})") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise HsmsignError(f"backup destination {path} has only {free} bytes free")
+    return {"path": str(path), "free_bytes": free}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- the ceremony ---------------------------------------------------------------------
+
+
+@dataclass
+class CustodianToken:
+    custodian: Custodian
+    stores: KeyStores  # the staged home + this custodian's token
+    keyid: str | None = None
+
+
+class RootCeremony:
+    """One run of `hsmsign ceremony root`."""
+
+    def __init__(self, repo: Path, home: Path, plan: Plan, ui: CeremonyUI, secrets: Secrets, *,
+                 environ: Mapping[str, str] | None = None, force: bool = False):
+        self.repo = repo
+        self.home = home
+        self.plan = plan
+        self.ui = ui
+        self.secrets = secrets
+        self.environ = os.environ if environ is None else environ
+        self.force = force
+        self.transcript = Transcript("root")
+        self.created_on_tokens: list[str] = []  # "<keyid> on <token>", for an abort
+        self.work: Path | None = None
+        self.tokens: list[CustodianToken] = []
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def confirm(self, question: str) -> None:
+        if self.plan.confirm_all:
+            self.transcript.record("confirmation", {"question": question, "answer": "yes (plan)"})
+            return
+        if not self.ui.confirm(question):
+            self.transcript.record("confirmation", {"question": question, "answer": "no"})
+            raise CeremonyAborted(f"aborted by the operator at: {question}")
+        self.transcript.record("confirmation", {"question": question, "answer": "yes"})
+
+    def _token_config(self, label: str) -> TokenConfig:
+        base = load_token_config(self.home, module=self.plan.pkcs11_module, environ=self.environ)
+        return TokenConfig(module=base.module, label=label, explicit=True)
+
+    # -- the steps ---------------------------------------------------------------------
+
+    def run(self) -> dict:
+        self.preflight()
+        self.work = Path(tempfile.mkdtemp(prefix=f".{self.repo.name}.ceremony-",
+                                          dir=self.repo.parent))
+        try:
+            staged_home = self.work / "home"
+            staged_home.mkdir(mode=0o700)
+            self.root_keys(staged_home)
+            online = self.online_keys(staged_home)
+            self.metadata(staged_home, online)
+            self.verify_staged()
+            backups = self.backups(staged_home)
+            self.sign_transcript()
+            return self.move_into_place(staged_home, backups)
+        except BaseException as e:
+            self.transcript.record("aborted", {"reason": str(e) or type(e).__name__,
+                                               "created_on_tokens": self.created_on_tokens})
+            raise
+        finally:
+            for token in self.tokens:
+                token.stores.close()
+            if self.work is not None:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def preflight(self) -> None:
+        rows = []
+        up = network_interfaces_up()
+        if up and not self.plan.allow_network:
+            raise HsmsignError(
+                f"network interfaces are up ({', '.join(up)}); disconnect them (the ceremony is "
+                "offline), or pass --allow-network for a rehearsal"
+            )
+        rows.append(("network", f"UP: {', '.join(up)} (allowed for a rehearsal)" if up else "offline"))
+        clock = datetime.now(timezone.utc).replace(microsecond=0)
+        rows.append(("clock (UTC)", clock.isoformat()))
+        versions = library_versions()
+        rows.extend((name, v) for name, v in versions.items())
+        if self.repo.exists() and (not self.repo.is_dir() or any(self.repo.iterdir())):
+            raise HsmsignError(f"{self.repo} exists and is not empty; choose a new directory")
+        if not self.repo.parent.is_dir():
+            raise HsmsignError(f"{self.repo.parent} does not exist")
+        destinations = [check_destination(d) for d in self.plan.backup_destinations]
+        for d in destinations:
+            rows.append(("backup to", f"{d['path']} ({d['free_bytes'] // (1 << 20)} MiB free)"))
+        rows.append(("threshold", f"{self.plan.threshold} of {self.plan.tokens} root keys"))
+        for i, c in enumerate(self.plan.custodians, 1):
+            rows.append((f"custodian {i}", f"{c.name}: {c.token}"))
+        self.ui.screen("1. Preflight", rows)
+        self.transcript.record("preflight", {
+            "network_up": up, "network_allowed": self.plan.allow_network, "clock": clock.isoformat(),
+            "versions": versions, "backup_destinations": destinations,
+            "threshold": self.plan.threshold,
+            "custodians": [{"name": c.name, "token": c.token} for c in self.plan.custodians],
+            "expires_days": self.plan.expires,
+        })
+        self.confirm(f"Is the date and time shown ({clock:%Y-%m-%d %H:%M} UTC) correct?")
+
+    def _open_token(self, custodian: Custodian, index: int, staged_home: Path) -> CustodianToken:
+        label = custodian.token_label
+        while True:
+            stores = KeyStores(staged_home, self.secrets, self._token_config(label), force=self.force)
+            if stores.token.is_present():
+                return CustodianToken(custodian, stores)
+            stores.close()
+            if self.plan.confirm_all:
+                raise HsmsignError(f"token {label!r} of {custodian.name} is not present")
+            self.ui.pause(f"Token {label!r} is not present. Insert the token of {custodian.name} "
+                          f"({index} of {self.plan.tokens}) and press Enter")
+
+    def _pin_variables(self, custodian: Custodian) -> list[str]:
+        return [custodian.pin_env] if custodian.pin_env else ["HSMSIGN_PIN"]
+
+    def root_keys(self, staged_home: Path) -> None:
+        alg = algorithm(self.plan.algorithm)
+        for i, custodian in enumerate(self.plan.custodians, 1):
+            if not self.plan.confirm_all:
+                self.ui.pause(f"Insert token {i} of {self.plan.tokens}, held by {custodian.name} "
+                              f"({custodian.token}), then press Enter")
+            token = self._open_token(custodian, i, staged_home)
+            self.tokens.append(token)
+            label = custodian.token_label
+            self._login(token)
+            record = token.stores.token.generate("root", alg)
+            token.keyid = record.keyid
+            self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+            self.ui.screen(f"2. Root key {i} of {self.plan.tokens}: {custodian.name}", [
+                ("token", record.location), ("key ID", record.keyid), ("algorithm", record.algorithm),
+                ("write down", f"the first 16 characters: {record.keyid[:16]}"),
+            ])
+            self.transcript.record("root key", {
+                "custodian": custodian.name, "token": label, "location": record.location,
+                "keyid": record.keyid, "algorithm": record.algorithm,
+                "public_key_sha256": hashlib.sha256(
+                    tuf_key(token.stores.token.public_key(record.keyid)).keyval["public"].encode()
+                ).hexdigest(),
+            })
+            self.confirm(f"Has {custodian.name} written down key ID {record.keyid[:16]}...?")
+
+    def _login(self, token: CustodianToken) -> None:
+        """Log in to a custodian's token, asking again after a wrong PIN (never the last try)."""
+        label = token.custodian.token_label
+        variables = self._pin_variables(token.custodian)
+        typed = not any(self.environ.get(v) for v in variables)
+        for attempt in range(3):
+            self.secrets.pin(label, variables)  # from the plan's variable or a prompt
+            try:
+                token.stores.token.login()
+                return
+            except HsmsignError as e:
+                # Ask again only for a typed PIN: a wrong PIN from the environment stays wrong.
+                if not typed or "wrong PIN" not in str(e) or attempt == 2:
+                    raise
+                self.ui.screen("Wrong PIN", [("token", label), ("what happened", str(e))])
+
+    def _online_stores(self, staged_home: Path) -> KeyStores:
+        if self.plan.online_store == "token":
+            return KeyStores(staged_home, self.secrets, self._token_config(self.plan.online_token),
+                             force=self.force)
+        return KeyStores(staged_home, self.secrets, NO_TOKEN)
+
+    def online_keys(self, staged_home: Path) -> dict[str, str]:
+        stores = self._online_stores(staged_home)
+        keys = {}
+        for role in ("targets", "snapshot", "timestamp"):
+            record, _ = stores.generate(role, None, algorithm(DEFAULT_ALGORITHM), self.plan.online_store)
+            keys[role] = record.keyid
+            if record.store == "token":
+                self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+        self.ui.screen("3. Online keys", [(role, f"{keyid} ({self.plan.online_store})")
+                                          for role, keyid in keys.items()])
+        self.transcript.record("online keys", {"store": self.plan.online_store, "keys": keys})
+        return keys
+
+    def metadata(self, staged_home: Path, online: dict[str, str]) -> None:
+        assert self.work is not None
+        source = self._online_stores(staged_home)
+        root_keys = [tuf_key(t.stores.token.public_key(t.keyid)) for t in self.tokens]
+        role_keys = {role: [tuf_key(source.public_key(keyid))] for role, keyid in online.items()}
+        repo = HsmsignRepository(self.work / "repo", SigningService(source))
+        repo.init(root_keys, self.plan.threshold, role_keys, self.plan.expires)
+        repo.commit()
+        # Each custodian signs 1.root.json with their own token, one after another.
+        signed = []
+        for token in self.tokens:
+            if len(signed) >= self.plan.threshold and not self.plan.confirm_all:
+                if not self.ui.confirm(f"The threshold is reached. Should {token.custodian.name} sign too?"):
+                    continue
+            staged = HsmsignRepository(self.work / "repo",
+                                       SigningService(token.stores, only={token.keyid}))
+            report = staged.sign_current("root")
+            staged.commit()
+            signed.append(token.keyid)
+            self.transcript.record("root signature", {
+                "custodian": token.custodian.name, "keyid": token.keyid,
+                "signatures": f"{len(report.valid)}/{report.threshold}",
+            })
+        self.ui.screen("4. Metadata", [("root", f"signed by {len(signed)} of {self.plan.tokens}; "
+                                               f"threshold {self.plan.threshold}")])
+
+    def verify_staged(self) -> None:
+        assert self.work is not None
+        result = verify(HsmsignRepository(self.work / "repo"))
+        files = {p.name: sha256_file(p) for p in sorted((self.work / "repo" / "metadata").iterdir())}
+        self.ui.screen("5. Verified as a TUF client would", [
+            (role, f"v{v} ok") for role, v in result.roles.items()])
+        self.transcript.record("verify", {"roles": result.roles, "metadata_sha256": files})
+
+    def backups(self, staged_home: Path) -> list[dict]:
+        if not self.plan.backup_destinations:
+            self.transcript.record("backups", {"destinations": [], "note": "no backup destination"})
+            return []
+        from hsmsign.ceremony_backup import backup_file_keys
+
+        results = backup_file_keys(staged_home, self.plan.backup_destinations, self.secrets)
+        self.ui.screen("6. Backups", [(r["path"], f"{r['size']} bytes, sha256 {r['sha256'][:16]}..., "
+                                                  "read back and verified") for r in results])
+        self.transcript.record("backups", {"archives": results})
+        return results
+
+    def sign_transcript(self) -> None:
+        self.transcript.record("complete", {"root_keys": [t.keyid for t in self.tokens],
+                                            "threshold": self.plan.threshold})
+        for token in self.tokens:
+            signer = signer_for(token.stores, token.keyid)
+            self.transcript.sign(signer)
+
+    def move_into_place(self, staged_home: Path, backups: list[dict]) -> dict:
+        """Only now does anything appear in REPO and the home."""
+        assert self.work is not None
+        from hsmsign.fsutil import atomic_write, ensure_private_dir
+
+        staged_keys = sorted((staged_home / "private").glob("*.key")) if (staged_home / "private").is_dir() else []
+        for key in staged_keys:
+            if (self.home / "private" / key.name).exists():
+                raise HsmsignError(f"key {key.stem} is already in {self.home}; nothing was moved")
+        if self.repo.exists():
+            self.repo.rmdir()  # checked empty in preflight
+        os.replace(self.work / "repo", self.repo)
+        for sub in ("private", "public"):
+            if not (staged_home / sub).is_dir():
+                continue
+            ensure_private_dir(self.home)
+            ensure_private_dir(self.home / sub)
+            for f in sorted((staged_home / sub).iterdir()):
+                atomic_write(self.home / sub / f.name, f.read_bytes())
+        transcript = self.repo / "ceremony-transcript.json"
+        atomic_write(transcript, json.dumps(self.transcript.to_json(), indent=2).encode() + b"\n",
+                     mode=0o644)
+        atomic_write(self.repo / "ceremony-transcript.md", self.transcript.to_markdown().encode(),
+                     mode=0o644)
+        return {"repository": str(self.repo), "transcript": str(transcript),
+                "root_keys": [t.keyid for t in self.tokens], "threshold": self.plan.threshold,
+                "backups": backups, "digest": self.transcript.digest}
+
+
+def verify_transcript(path: Path, repo: Path) -> dict:
+    """The chain is intact, the root keys of REPO signed it, and the files it lists match."""
+    try:
+        transcript = Transcript.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError) as e:
+        raise HsmsignError(f"cannot read transcript {path}: {e}") from None
+    transcript.check_chain()
+    repository = HsmsignRepository(repo)
+    repository.require()
+    root = repository.read_file("1.root.json", "root")
+    keys, threshold = repository.role_keys("root", root)
+    signed_by = transcript.check_signatures(keys, threshold)
+    verified = next((e for e in transcript.entries if e["step"] == "verify"), None)
+    if verified is not None:
+        for name, digest in verified["data"]["metadata_sha256"].items():
+            path_on_disk = repository.metadata_dir / name
+            if not path_on_disk.exists() or sha256_file(path_on_disk) != digest:
+                if name == "1.root.json":
+                    continue  # custodians may add signatures to 1.root.json after the ceremony
+                raise HsmsignError(f"metadata/{name} is not the file the ceremony wrote")
+    return {"entries": len(transcript.entries), "digest": transcript.digest,
+            "signed_by": signed_by, "threshold": threshold}

@@ -1,0 +1,108 @@
+"""`hsmsign ceremony ...`: the guided offline root ceremony and its transcript."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from hsmsign.cli.context import common_options, pass_app
+
+
+class TerminalCeremonyUI:
+    """One screen per step on the terminal (stderr, so that --json stays clean)."""
+
+    def __init__(self, interactive: bool):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.interactive = interactive
+
+    def screen(self, title: str, rows: list[tuple[str, str]]) -> None:
+        from rich.panel import Panel
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        for key, value in rows:
+            table.add_row(key, value)
+        self.console.print(Panel(table, title=title, title_align="left"))
+
+    def _require_terminal(self) -> None:
+        from hsmsign.errors import HsmsignError
+
+        if not self.interactive:
+            raise HsmsignError("the ceremony asks questions: run it on a terminal, or with a plan "
+                               "whose [confirm] all = true (rehearsal / CI)")
+
+    def confirm(self, question: str) -> bool:
+        self._require_terminal()
+        return click.confirm(question, err=True, default=False)
+
+    def pause(self, message: str) -> None:
+        self._require_terminal()
+        click.prompt(message, default="", show_default=False, err=True, prompt_suffix=" ")
+
+
+@click.group()
+def ceremony():
+    """The guided offline root ceremony, and checking its transcript."""
+
+
+@ceremony.command()
+@click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="TOML plan: custodians, tokens, expiry, backups, confirmations.")
+@click.option("--threshold", type=int, help="Root keys needed to sign (wins over the plan).")
+@click.option("--tokens", type=int, help="Number of custodian tokens (wins over the plan).")
+@click.option("--backup-to", multiple=True, type=click.Path(path_type=Path),
+              help="Backup destination (repeat; wins over the plan).")
+@click.option("--allow-network", is_flag=True, help="Rehearsal only: run with the network up.")
+@common_options
+@pass_app
+def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network):
+    """Create a new TUF root with one key per custodian token, step by step."""
+    from hsmsign.ceremony import RootCeremony, load_plan
+    from hsmsign.errors import HsmsignError
+
+    if plan_file is None and (threshold is None or tokens is None):
+        raise HsmsignError("give --plan FILE, or --threshold K and --tokens N")
+    plan = load_plan(plan_file, threshold=threshold, tokens=tokens, backup_to=list(backup_to),
+                     allow_network=allow_network)
+    ui = TerminalCeremonyUI(interactive=sys.stdin.isatty())
+    run = RootCeremony(repo, app.home, plan, ui, app.secrets, force=app.force)
+    try:
+        result = run.run()
+    except HsmsignError as e:
+        if run.created_on_tokens:
+            app.note("keys created on tokens during this ceremony (remove them with "
+                     "`hsmsign key remove KEYID` once the token is plugged in):")
+            for line in run.created_on_tokens:
+                app.note(f"  {line}")
+        raise HsmsignError(f"ceremony stopped; nothing was written to {repo} or the home: {e}") from None
+    if app.json:
+        app.emit_json(result)
+        return
+    ui.screen("7. Done", [("repository", result["repository"]),
+                          ("transcript", result["transcript"]),
+                          ("digest", result["digest"]),
+                          ("root keys", ", ".join(k[:16] for k in result["root_keys"]))])
+
+
+@ceremony.command("verify-transcript")
+@click.argument("transcript", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("repo", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@common_options
+@pass_app
+def verify_transcript(app, transcript, repo):
+    """Prove a transcript is the one the ceremony wrote: hash chain, root signatures, files."""
+    from hsmsign.ceremony import verify_transcript as check
+
+    result = check(transcript, repo)
+    if app.json:
+        app.emit_json(result)
+        return
+    click.echo(f"{transcript}: intact, {result['entries']} entries, signed by "
+               f"{len(result['signed_by'])} root key(s) (threshold {result['threshold']})")
