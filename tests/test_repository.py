@@ -225,6 +225,10 @@ def test_expired_metadata_fails_verify_and_refresh_fixes_it(repo, tmp_path, env)
     cli("repo", "init", str(path), "--expires", "timestamp=0.00002")  # ~2 seconds
     time.sleep(2.5)
     assert "expired" in cli.fails("repo", "verify", str(path)).error_lines[0]
+    config = json.loads((path / "hsmsign.json").read_text())  # the periods are settings
+    assert config["expires"]["timestamp"] == 0.00002
+    config["expires"]["timestamp"] = 1
+    (path / "hsmsign.json").write_text(json.dumps(config))
     out = cli("repo", "refresh", str(path))
     assert "refreshed: timestamp" in out.stderr
     cli("repo", "verify", str(path))
