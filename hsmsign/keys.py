@@ -124,6 +124,27 @@ def load_public_key_pem(data: bytes) -> PublicKeyTypes:
         raise HsmsignError(f"not a PEM public key ({e})") from None
 
 
+def notary_key_id(public_key: PublicKeyTypes) -> str:
+    """notary's own key ID (its file names, the `path:` header): sha256 of the canonical JSON
+    `{"keytype": T, "keyval": {"private": null, "public": base64(public bytes)}}`."""
+    import base64
+    import hashlib
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        keytype = "ed25519"
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        keytype = "rsa" if isinstance(public_key, rsa.RSAPublicKey) else "ecdsa"
+        raw = public_key.public_bytes(serialization.Encoding.DER,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+    doc = {"keytype": keytype, "keyval": {"private": None, "public": base64.b64encode(raw).decode()}}
+    return hashlib.sha256(json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+
+
 def load_public_key_file(path) -> PublicKeyTypes:
     """A public key from a PEM file: SubjectPublicKeyInfo (docker's `NAME.pub`, with or without
     its `role:` header), or an X.509 certificate (notary's root certificates)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -185,3 +187,39 @@ def test_unknown_algorithm_and_bad_role_are_errors(home, file_cli):
     assert file_cli("key", "generate", "targets", "--algorithm", "dsa", ok=False).returncode == 2
     assert "invalid role name" in file_cli.fails("key", "generate", "../evil").error_lines[0]
     assert tree_digest(home) == {}
+
+
+@pytest.mark.skipif(shutil.which("notary") is None, reason="the notary CLI (Debian package notary) is not installed")
+def test_notary_cli_loads_our_export_and_we_load_what_notary_writes(keyed_home, file_cli, tmp_path):
+    """The real notary: imports hsmsign's export, decrypts it (passwd), and hsmsign reads notary's file."""
+    from hsmsign.keys import load_public_key_pem, notary_key_id
+
+    record = _by_role(file_cli, "targets")
+    exported = tmp_path / "export.key"
+    file_cli("key", "export", record["keyid"], "--private", "--format", "notary", "-o", str(exported))
+    public = load_public_key_pem(file_cli("key", "export", record["keyid"]).stdout.encode())
+    notary_id = notary_key_id(public)
+    assert f"path: {notary_id}\n" in exported.read_text()
+    trust = tmp_path / "trust"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "NOTARY_TARGETS_PASSPHRASE": PASSPHRASE}
+    run = functools.partial(subprocess.run, capture_output=True, text=True, env=env, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert run(["notary", "-d", str(trust), "key", "import", str(exported)]).returncode == 0
+    listed = run(["notary", "-d", str(trust), "key", "list"]).stdout
+    assert notary_id in listed and "example.com/app" in listed
+    # `key passwd` makes notary decrypt our file and write it again in its own format.
+    passwd = run(["notary", "-d", str(trust), "key", "passwd", notary_id])
+    assert passwd.returncode == 0, passwd.stderr
+    rewritten = trust / "private" / f"{notary_id}.key"
+    assert rewritten.read_bytes() != exported.read_bytes()
+    fresh = file_cli.home.parent / "fresh-home"
+    from conftest import Cli
+
+    imported = json.loads(Cli(fresh, file_cli.env)("key", "import", str(rewritten), "--json").stdout)
+    assert imported[0]["keyid"] == record["keyid"] and imported[0]["gun"] == "example.com/app"
+
+
+def test_notary_export_of_an_online_key_without_gun_is_refused(home, file_cli):
+    keyid = json.loads(file_cli("key", "generate", "snapshot", "--json").stdout)["keyid"]
+    error = file_cli.fails("key", "export", keyid, "--private", "--format", "notary").error_lines[0]
+    assert "GUN" in error

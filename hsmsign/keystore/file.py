@@ -22,7 +22,9 @@ from hsmsign.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from hsmsign.keys import (
     KeyRecord,
     algorithm_of,
+    is_top_level,
     key_id,
+    notary_key_id,
     load_public_key_pem,
     public_key_pem,
 )
@@ -168,9 +170,20 @@ class FileKeyStore:
     def notary_export(self, keyid: str) -> bytes:
         """The key as notary / `docker trust key load` reads it, under the same passphrase."""
         record = self.record(keyid)
+        if record.role in ("targets", "snapshot", "timestamp") and not record.gun:
+            raise HsmsignError(
+                f"notary and docker load a {record.role} key only with its GUN, and this key has "
+                "none; import it again with --gun (e.g. docker.io/org/app)"
+            )
         key = self.private_key(keyid)
         passphrase = self.secrets.passphrase(record.role)
-        headers = {"role": record.role}
-        if record.gun:
-            headers["gun"] = record.gun
+        # notary needs `path:` (its own key ID) on encrypted keys; delegation roles are
+        # `targets/<name>` there, and only targets/snapshot/timestamp keys carry a GUN.
+        headers = {"path": notary_key_id(key.public_key())}
+        if is_top_level(record.role):
+            headers["role"] = record.role
+            if record.gun and record.role != "root":
+                headers["gun"] = record.gun
+        else:
+            headers["role"] = f"targets/{record.role}"
         return pkcs8.encrypt_notary_pem(key, passphrase.encode(), headers)
