@@ -33,10 +33,12 @@ WELL_KNOWN_MODULES = (
 def resolve_home(explicit: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     if explicit:
-        return Path(explicit).expanduser()
-    if environ.get("HSMSIGN_HOME"):
-        return Path(environ["HSMSIGN_HOME"]).expanduser()
-    return Path("~/.hsmsign").expanduser()
+        home = Path(explicit)
+    elif environ.get("HSMSIGN_HOME"):
+        home = Path(environ["HSMSIGN_HOME"])
+    else:
+        home = Path("~/.hsmsign")
+    return home.expanduser().absolute()
 
 
 @dataclass(frozen=True)

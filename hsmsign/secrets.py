@@ -8,8 +8,8 @@ twice and must be at least `MIN_PASSPHRASE_LENGTH` characters.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import is_top_level
@@ -28,6 +28,9 @@ class Prompter(Protocol):
     def ask_secret(self, prompt: str) -> str: ...
 
     def tell(self, message: str) -> None: ...
+
+
+T = TypeVar("T")
 
 
 class SecretUnavailable(HsmsignError):
@@ -62,6 +65,7 @@ class Secrets:
         self.environ = os.environ if environ is None else environ
         self.prompter = prompter
         self._passphrases: dict[str, str] = {}
+        self._sources: dict[str, str] = {}  # role kind -> environment variable name, or "prompt"
         self._pins: dict[str, str] = {}
 
     # -- passphrases -------------------------------------------------------------------
@@ -71,14 +75,33 @@ class Secrets:
         kind = role_kind(role)
         if kind in self._passphrases:
             return self._passphrases[kind]
-        value = self._from_env(passphrase_variables(role))
+        variables = passphrase_variables(role)
+        value = self._from_env(variables)
+        self._sources[kind] = self._env_name(variables) or "prompt"
         if value is None:
-            value = self._ask(
-                f"Enter passphrase for {purpose or kind + ' key'}: ",
-                variables=passphrase_variables(role),
-            )
+            value = self._ask(f"Enter passphrase for {purpose or kind + ' key'}: ",
+                              variables=variables)
         self._passphrases[kind] = value
         return value
+
+    def unlock(self, role: str, purpose: str, attempt: Callable[[str], T | None]) -> T:
+        """Run `attempt(passphrase)` until it returns a value; None means a wrong passphrase.
+
+        A typed passphrase may be typed again (up to three times); one from the environment
+        is wrong for good, and the error names the variable it came from.
+        """
+        for n in range(PROMPT_ATTEMPTS):
+            result = attempt(self.passphrase(role, purpose=purpose))
+            if result is not None:
+                return result
+            source = self._sources.get(role_kind(role), "prompt")
+            self.forget_passphrase(role)
+            if source == "prompt" and self.prompter is not None and n < PROMPT_ATTEMPTS - 1:
+                self.prompter.tell("Wrong passphrase. Try again.")
+                continue
+            hint = "type it again" if source == "prompt" else f"check {source}"
+            raise HsmsignError(f"wrong passphrase for {purpose}; {hint}")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def new_passphrase(self, role: str, *, purpose: str = "") -> str:
         """A passphrase to protect a new key of `role` (asked twice at a prompt)."""
@@ -122,6 +145,9 @@ class Secrets:
         self._pins.pop(token, None)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _env_name(self, variables: list[str]) -> str | None:
+        return next((name for name in variables if self.environ.get(name)), None)
 
     def _from_env(self, variables: list[str]) -> str | None:
         for name in variables:

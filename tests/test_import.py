@@ -119,3 +119,12 @@ def test_not_a_key_file(file_cli, home, tmp_path):
     assert "not a private key" in file_cli.fails("key", "import", str(junk), "--role",
                                                  "targets").error_lines[0]
     assert tree_digest(home) == {}
+
+
+def test_the_file_says_the_role_and_options_only_fill_in(file_cli, home):
+    key = NOTARY / "trustdir-0.3" / "private" / "root_keys"
+    key = next(key.glob("*.key"))
+    error = file_cli.fails("key", "import", str(key), "--role", "snapshot",
+                           env=_env("password")).error_lines[0]
+    assert "is a root key; --role snapshot contradicts it" in error
+    assert tree_digest(home) == {}

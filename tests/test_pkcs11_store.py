@@ -40,7 +40,8 @@ def test_auto_puts_root_on_a_present_token_and_says_why(token_root, softhsm):
     assert token_root["store"] == "token"
     assert token_root["algorithm"] == "ecdsa-p256"
     assert softhsm.label in token_root["location"]
-    assert "hardware token is present" in token_root["stderr"]
+    assert "a PKCS#11 token is present" in token_root["stderr"]
+    assert "SoftHSM keeps keys in files" in token_root["stderr"]
 
 
 def test_auto_puts_root_in_a_file_without_a_token_and_says_why(file_cli):
@@ -205,3 +206,27 @@ def test_token_chosen_by_serial_and_by_config_file(softhsm, home):
     Cli(home, env)("key", "remove", record["keyid"], "--force")
     (home / "config.toml").write_text("[pkcs11\nbroken")
     assert "config.toml is not valid TOML" in Cli(home, env).fails("key", "list").error_lines[0]
+
+
+def test_auto_never_falls_back_to_a_file_when_the_named_token_is_missing(softhsm, home):
+    env = clean_environ(**{**softhsm.env(), **passphrase_env(), "HSMSIGN_TOKEN_LABEL": "gone"})
+    error = Cli(home, env).fails("key", "generate", "root").error_lines[0]
+    assert "no token with label 'gone'" in error and "--store file" in error
+    assert tree_digest(home) == {}
+
+
+def test_auto_with_several_tokens_and_none_chosen_is_an_error(softhsm, home):
+    softhsm.add_token("second-token")
+    env = clean_environ(SOFTHSM2_CONF=str(softhsm.conf), HSMSIGN_PIN=softhsm.pin, **passphrase_env())
+    error = Cli(home, env).fails("key", "generate", "root").error_lines[0]
+    assert "several tokens present" in error and "HSMSIGN_TOKEN_LABEL" in error
+    assert tree_digest(home) == {}
+
+
+def test_token_keys_are_for_signing_only(token_root, softhsm):
+    listing = pkcs11_tool_objects(softhsm)
+    for block in listing.split("Private Key Object")[1:]:
+        if "label:      root" in block:
+            usage = next(l for l in block.splitlines() if "Usage:" in l)
+            assert "sign" in usage
+            assert not any(u in usage for u in ("decrypt", "unwrap", "derive"))

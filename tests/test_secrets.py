@@ -91,3 +91,41 @@ def test_existing_key_passphrase_is_asked_once(keyed_home, file_cli):
     child.close()
     assert child.exitstatus == 0, child.before
     assert "BEGIN ENCRYPTED PRIVATE KEY" in child.before
+
+
+def test_a_mistyped_passphrase_may_be_typed_again(keyed_home, file_cli):
+    child = _spawn(file_cli, "key", "export", "--private", "--format", "notary",
+                   next(p.stem for p in (keyed_home / "private").glob("*.key")))
+    child.expect("Enter passphrase for ")
+    child.sendline("not it")
+    child.expect("Wrong passphrase. Try again.")
+    child.expect("Enter passphrase for ")
+    child.sendline("correct horse battery staple")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "BEGIN ENCRYPTED PRIVATE KEY" in child.before
+
+
+def test_import_dir_with_different_delegation_passphrases_asks_again(file_cli, home, tmp_path):
+    """Two delegation keys under different passphrases: the second is asked for, not refused."""
+    from hsmsign import pkcs8
+    from hsmsign.keys import ALGORITHMS, generate_private_key
+
+    trust = tmp_path / "trust" / "private"
+    trust.mkdir(parents=True)
+    for name, passphrase in (("alice", b"alice passphrase"), ("bob", b"bob passphrase!")):
+        key = generate_private_key(ALGORITHMS["ecdsa-p256"])
+        (trust / f"{name}.key").write_bytes(pkcs8.encrypt_private_key_pem(
+            key, passphrase, {"role": f"targets/{name}"}, iterations=1000))
+    child = _spawn(file_cli, "key", "import", str(trust.parent), "--json")
+    child.expect("Enter passphrase for ")
+    child.sendline("alice passphrase")
+    child.expect("Wrong passphrase. Try again.")
+    child.expect("Enter passphrase for ")
+    child.sendline("bob passphrase!")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    roles = sorted(r["role"] for r in json.loads(child.before[child.before.index("["):]))
+    assert roles == ["alice", "bob"]

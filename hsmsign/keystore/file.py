@@ -28,7 +28,7 @@ from hsmsign.keys import (
     load_public_key_pem,
     public_key_pem,
 )
-from hsmsign.secrets import Secrets, passphrase_variables
+from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -98,8 +98,8 @@ class FileKeyStore:
             return self._unlocked[keyid]
         record = self.record(keyid)
         data = self.key_path(keyid).read_bytes()
-        passphrase = self.secrets.passphrase(record.role, purpose=f"{record.role} key {keyid[:7]}")
-        key = self._decrypt(data, passphrase, record)
+        key = self.secrets.unlock(record.role, f"{record.role} key {keyid[:7]}",
+                                  lambda passphrase: self._decrypt(data, passphrase, record))
         if key_id(key.public_key()) != keyid:
             raise HsmsignError(
                 f"key file {self.key_path(keyid)} holds a different key than its name says; "
@@ -110,15 +110,12 @@ class FileKeyStore:
         self._unlocked[keyid] = key
         return key
 
-    def _decrypt(self, data: bytes, passphrase: str, record: KeyRecord) -> PrivateKeyTypes:
+    def _decrypt(self, data: bytes, passphrase: str, record: KeyRecord) -> PrivateKeyTypes | None:
+        """The key, or None for a wrong passphrase."""
         try:
             return pkcs8.load_private_key(data, passphrase.encode())
         except pkcs8.WrongPassphrase:
-            self.secrets.forget_passphrase(record.role)
-            raise HsmsignError(
-                f"wrong passphrase for {record.role} key {record.keyid[:7]}; "
-                f"check {passphrase_variables(record.role)[0]} or type it again"
-            ) from None
+            return None
         except pkcs8.KeyFormatError as e:
             raise HsmsignError(
                 f"key file {self.key_path(record.keyid)} is corrupt ({e}); restore it from a backup"

@@ -16,7 +16,6 @@ from hsmsign import pkcs8
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import algorithm_of, key_id, normalize_role
 from hsmsign.keystore.stores import KeyStores
-from hsmsign.secrets import passphrase_variables
 
 KEY_SUFFIXES = (".key", ".pem")
 _NOTARY_NAME = re.compile(r"^[0-9a-f]{64}(?:_(?P<role>[A-Za-z0-9._-]+))?$")
@@ -68,24 +67,38 @@ def _read(stores: KeyStores, path: Path, role: str | None, gun: str | None):
         raise HsmsignError(f"{path} is not a private key file ({e})") from None
     headers = {k.lower(): v for k, v in block.headers.items()}
     layout_role, layout_gun = _layout_role_and_gun(path)
-    role = role or headers.get("role") or layout_role
+    # What the file says wins; --role/--gun fill in what it does not say.
+    file_role = headers.get("role") or layout_role
+    if role and file_role and normalize_role(role) != normalize_role(file_role):
+        raise HsmsignError(f"{path} is a {file_role} key; --role {role} contradicts it")
+    role = file_role or role
     if not role:
         raise HsmsignError(f"cannot tell the role of {path}; pass --role")
     role = normalize_role(role)
-    gun = gun or headers.get("gun") or layout_gun
+    file_gun = headers.get("gun") or layout_gun
+    if gun and file_gun and gun != file_gun:
+        raise HsmsignError(f"{path} belongs to GUN {file_gun}; --gun {gun} contradicts it")
+    gun = file_gun or gun
+
+    def attempt(passphrase: str | None):
+        try:
+            return pkcs8.load_private_key(data, passphrase.encode() if passphrase else None)
+        except pkcs8.WrongPassphrase:
+            return None
+        except pkcs8.KeyFormatError as e:
+            raise HsmsignError(f"cannot import {path}: {e}") from None
+
     passphrase = None
     if block.encrypted:
-        passphrase = stores.secrets.passphrase(role, purpose=f"{role} key {path.name}")
-    try:
-        key = pkcs8.load_private_key(data, passphrase.encode() if passphrase else None)
-    except pkcs8.WrongPassphrase:
-        stores.secrets.forget_passphrase(role)
-        raise HsmsignError(
-            f"wrong passphrase for {path} ({role} key); check {passphrase_variables(role)[0]}; "
-            "nothing imported"
-        ) from None
-    except pkcs8.KeyFormatError as e:
-        raise HsmsignError(f"cannot import {path}: {e}") from None
+        purpose = f"{role} key {path.name}"
+
+        def unlocked(candidate: str):
+            key = attempt(candidate)
+            return None if key is None else (key, candidate)
+
+        key, passphrase = stores.secrets.unlock(role, purpose, unlocked)
+    else:
+        key = attempt(None)
     algorithm_of(key.public_key())  # refuse keys TUF cannot use before writing anything
     return key, role, gun, passphrase
 

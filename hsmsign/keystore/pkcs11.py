@@ -404,10 +404,13 @@ class Pkcs11KeyStore:
     def _templates(role: str, cka_id: bytes) -> tuple[dict, dict]:
         from pkcs11 import Attribute
 
+        # Signing keys only: no encryption, wrapping or key derivation with them.
         public = {Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True,
+                  Attribute.ENCRYPT: False, Attribute.WRAP: False,
                   Attribute.LABEL: role, Attribute.ID: cka_id}
         private = {Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-                   Attribute.EXTRACTABLE: False, Attribute.SIGN: True,
+                   Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DECRYPT: False,
+                   Attribute.UNWRAP: False, Attribute.DERIVE: False,
                    Attribute.LABEL: role, Attribute.ID: cka_id}
         return public, private
 

@@ -118,8 +118,18 @@ class KeyStores:
             raise HsmsignError(f"unknown store {store!r}; choose one of {', '.join(STORE_CHOICES)}")
         if role != "root":
             return "file", f"{role} keys are online keys and live in files unless --store token"
-        if self.token_available():
-            return "token", f"a hardware token is present: {self.token.token_name}"
+        if self.token_config.candidate_modules():
+            try:
+                self.token._find_slot()
+            except TokenError as e:
+                # A token the user named, or several to choose from: never a silent file.
+                if self.token_config.explicit or "several tokens" in str(e):
+                    raise TokenError(f"{e}; or pass --store file to keep the root key in a file") from None
+            else:
+                why = f"a PKCS#11 token is present: {self.token.token_name}"
+                if "softhsm" in self.token.module.lower():
+                    why += " (SoftHSM keeps keys in files: right for tests, not for a production root)"
+                return "token", why
         return "file", ("no hardware token is configured and present (set HSMSIGN_PKCS11_MODULE "
                         "and HSMSIGN_TOKEN_LABEL, or plug in a YubiKey); the root key is in an "
                         "encrypted file instead")
