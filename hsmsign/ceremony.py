@@ -49,6 +49,8 @@ class CeremonyUI(Protocol):
 
     def pause(self, message: str) -> None: ...
 
+    def ask(self, question: str) -> str: ...
+
 
 # -- the plan -------------------------------------------------------------------------
 
@@ -82,17 +84,18 @@ class Plan:
     allow_network: bool = False
     algorithm: str = DEFAULT_ALGORITHM
     pkcs11_module: str | None = None
+    wanted_tokens: int = 0  # custodians to have; those the plan does not name are asked for
 
     @property
     def tokens(self) -> int:
-        return len(self.custodians)
+        return max(len(self.custodians), self.wanted_tokens)
 
     def check(self) -> None:
-        if not self.custodians:
+        if not self.tokens:
             raise HsmsignError("the ceremony needs at least one custodian token")
-        if not 1 <= self.threshold <= len(self.custodians):
+        if not 1 <= self.threshold <= self.tokens:
             raise HsmsignError(
-                f"threshold {self.threshold} is not between 1 and the {len(self.custodians)} tokens"
+                f"threshold {self.threshold} is not between 1 and the {self.tokens} tokens"
             )
         names = [c.name for c in self.custodians]
         if len(set(names)) != len(names):
@@ -121,10 +124,6 @@ def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
     if len(custodians) != len(data.get("custodian", [])):
         raise HsmsignError("every [[custodian]] in the plan needs a name and a token")
     if tokens is not None:
-        if tokens > len(custodians):
-            raise HsmsignError(
-                f"--tokens {tokens}: the plan names {len(custodians)} custodian(s); add them to the plan"
-            )
         custodians = custodians[:tokens]
     expires = dict(DEFAULT_EXPIRY_DAYS)
     expires.update({k: float(v) for k, v in data.get("expires", {}).items()})
@@ -139,7 +138,11 @@ def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
         allow_network=allow_network or bool(data.get("allow_network", False)),
         algorithm=data.get("algorithm", DEFAULT_ALGORITHM),
         pkcs11_module=data.get("pkcs11", {}).get("module"),
+        wanted_tokens=tokens or 0,
     )
+    if plan.confirm_all and len(plan.custodians) < plan.tokens:
+        raise HsmsignError(f"--tokens {plan.tokens}: the plan names only {len(plan.custodians)} "
+                           "custodian(s); add them to the plan")
     plan.check()
     return plan
 
@@ -242,7 +245,22 @@ class RootCeremony:
 
     # -- the steps ---------------------------------------------------------------------
 
+    def ask_custodians(self) -> None:
+        """Names and tokens the plan does not give, asked of the operator."""
+        while len(self.plan.custodians) < self.plan.tokens:
+            i = len(self.plan.custodians) + 1
+            name = self.ui.ask(f"Name of custodian {i} of {self.plan.tokens}:").strip()
+            label = self.ui.ask(f"Label of {name}'s PKCS#11 token:").strip()
+            self.plan.custodians.append(Custodian(name, f"pkcs11:token={label}"))
+            try:
+                self.plan.check()
+            except HsmsignError:
+                self.plan.custodians.pop()
+                raise
+
     def run(self) -> dict:
+        self.ask_custodians()
+        self.plan.check()
         self.preflight()
         self.work = Path(tempfile.mkdtemp(prefix=f".{self.repo.name}.ceremony-",
                                           dir=self.repo.parent))
@@ -310,6 +328,7 @@ class RootCeremony:
                 raise HsmsignError(f"token {label!r} of {custodian.name} is not present")
             self.ui.pause(f"Token {label!r} is not present. Insert the token of {custodian.name} "
                           f"({index} of {self.plan.tokens}) and press Enter")
+            stores.token.rescan([t.stores.token for t in self.tokens])
 
     def _pin_variables(self, custodian: Custodian) -> list[str]:
         return [custodian.pin_env] if custodian.pin_env else ["HSMSIGN_PIN"]

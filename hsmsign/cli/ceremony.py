@@ -45,6 +45,10 @@ class TerminalCeremonyUI:
         self._require_terminal()
         click.prompt(message, default="", show_default=False, err=True, prompt_suffix=" ")
 
+    def ask(self, question: str) -> str:
+        self._require_terminal()
+        return click.prompt(question, err=True, prompt_suffix=" ")
+
 
 @click.group()
 def ceremony():

@@ -312,6 +312,28 @@ class Pkcs11KeyStore:
         """Log in now (e.g. to check a PIN before a long operation)."""
         self._login()
 
+    def reset(self) -> None:
+        """Forget the session, the slot and what was read from the token (PINs stay cached)."""
+        self.close()
+        self._slot = None
+        self._lib = None
+        self._keys = None
+
+    def rescan(self, others: list[Pkcs11KeyStore] = ()) -> None:
+        """Look for tokens plugged in since the module was loaded.
+
+        Some modules (SoftHSM among them) see new tokens only after C_Finalize/C_Initialize,
+        which ends every session of the module: `others` sharing it are reset too and log in
+        again (with their cached PIN) when next used.
+        """
+        for store in (self, *others):
+            store.reset()
+        for module in self.config.candidate_modules():
+            try:
+                _load_module(module).reinitialize()
+            except TokenError:
+                continue
+
     def close(self) -> None:
         if self._session is not None:
             try:

@@ -1,0 +1,250 @@
+"""The root ceremony: a rehearsal from a plan on three SoftHSM tokens, and the interactive flow
+on a pseudo-terminal. Results are checked with python-tuf's client and the transcript checker."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from conftest import SO_PIN, Cli, clean_environ, passphrase_env, tree_digest
+from test_repository import Server, updater
+
+PIN = "246810"
+
+
+class Tokens:
+    """A SoftHSM token directory of its own, with one token per custodian."""
+
+    def __init__(self, root: Path):
+        (root / "tokens").mkdir(parents=True)
+        self.conf = root / "softhsm2.conf"
+        self.conf.write_text(f"directories.tokendir = {root / 'tokens'}\nlog.level = ERROR\n")
+
+    def add(self, label: str) -> None:
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", PIN,
+                        "--so-pin", SO_PIN], check=True, capture_output=True,
+                       env={**os.environ, "SOFTHSM2_CONF": str(self.conf)})
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return clean_environ(SOFTHSM2_CONF=str(self.conf),
+                             HSMSIGN_PKCS11_MODULE="/usr/lib/softhsm/libsofthsm2.so",
+                             **passphrase_env(), **extra)
+
+
+def write_plan(path: Path, names: list[str], threshold: int, *, backup: list[Path] = (),
+               confirm: bool = True) -> Path:
+    lines = [f"threshold = {threshold}", "[expires]", "root = 365", "timestamp = 1"]
+    for name in names:
+        lines += ["[[custodian]]", f'name = "{name}"', f'token = "pkcs11:token={name}"',
+                  f'pin_env = "{name.upper()}_PIN"']
+    lines += ["[online_keys]", 'store = "file"']
+    if backup:
+        lines += ["[backup]", "destinations = [" + ", ".join(f'"{d}"' for d in backup) + "]"]
+    lines += ["[confirm]", f"all = {'true' if confirm else 'false'}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def three(tmp_path) -> Tokens:
+    tokens = Tokens(tmp_path / "hsm")
+    for name in ("alice", "bob", "carol"):
+        tokens.add(name)
+    return tokens
+
+
+def pins(*names: str) -> dict[str, str]:
+    return {f"{n.upper()}_PIN": PIN for n in names}
+
+
+def test_rehearsal_from_a_plan_is_verified_by_the_client_and_the_transcript(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob", "carol"], 2)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "carol")))
+    repo = tmp_path / "repo"
+    result = json.loads(cli("ceremony", "root", str(repo), "--plan", str(plan),
+                            "--allow-network", "--json").stdout)
+    assert len(result["root_keys"]) == 3 and result["threshold"] == 2
+    root = json.loads((repo / "metadata" / "1.root.json").read_text())
+    assert root["signed"]["roles"]["root"]["threshold"] == 2
+    assert sorted(root["signed"]["roles"]["root"]["keyids"]) == sorted(result["root_keys"])
+    assert {s["keyid"] for s in root["signatures"]} == set(result["root_keys"])
+    # Root keys are on the three tokens; the online keys are files in the home.
+    listed = json.loads(cli("key", "list", "--json").stdout)
+    assert sorted(r["role"] for r in listed if r["store"] == "file") == ["snapshot", "targets", "timestamp"]
+    # python-tuf's client accepts it.
+    server = Server(repo)
+    try:
+        up = updater(repo, server, tmp_path / "client")
+        up.refresh()
+        assert up.get_targetinfo("nothing-yet") is None
+    finally:
+        server.close()
+    # The transcript verifies, and any edit to it is caught.
+    transcript = repo / "ceremony-transcript.json"
+    out = cli("ceremony", "verify-transcript", str(transcript), str(repo), "--json")
+    assert json.loads(out.stdout)["threshold"] == 2
+    assert len(json.loads(out.stdout)["signed_by"]) == 3
+    assert (repo / "ceremony-transcript.md").read_text().startswith("# hsmsign ceremony transcript")
+    doc = json.loads(transcript.read_text())
+    steps = [e["step"] for e in doc["entries"]]
+    assert steps[0] == "preflight" and steps.count("root key") == 3 and steps[-1] == "complete"
+    edited = json.loads(transcript.read_text())
+    edited["entries"][1]["data"]["keyid"] = "0" * 64
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    assert "was edited afterwards" in cli.fails("ceremony", "verify-transcript",
+                                                str(tmp_path / "edited.json"), str(repo)).error_lines[0]
+    dropped = json.loads(transcript.read_text())
+    del dropped["entries"][2]
+    (tmp_path / "dropped.json").write_text(json.dumps(dropped))
+    assert "out of order" in cli.fails("ceremony", "verify-transcript",
+                                       str(tmp_path / "dropped.json"), str(repo)).error_lines[0]
+    # The online keys work: add a target with them.
+    cli("target", "add", str(repo), "hello", "--length", "1", "--sha256", "a" * 64)
+    cli("repo", "verify", str(repo))
+
+
+def test_command_line_wins_over_the_plan(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob", "carol"], 3)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob")))
+    result = json.loads(cli("ceremony", "root", str(tmp_path / "repo"), "--plan", str(plan),
+                            "--tokens", "2", "--threshold", "1", "--allow-network",
+                            "--json").stdout)
+    assert len(result["root_keys"]) == 2 and result["threshold"] == 1
+
+
+def test_network_up_is_refused_and_changes_nothing(three, tmp_path):
+    from hsmsign.ceremony import network_interfaces_up
+
+    if not network_interfaces_up():
+        pytest.skip("no network interface is up on this machine")
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob")))
+    error = cli.fails("ceremony", "root", str(tmp_path / "repo"), "--plan", str(plan)).error_lines[0]
+    assert "network interfaces are up" in error and "--allow-network" in error
+    assert not (tmp_path / "repo").exists() and tree_digest(tmp_path / "home") == {}
+
+
+def test_offline_namespace_passes_the_network_check(three, tmp_path):
+    probe = subprocess.run(["unshare", "-nm", "sh", "-c", "mount -t sysfs sysfs /sys"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot make a network namespace here (unshare -nm)")
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2)
+    env = three.env(**pins("alice", "bob"))
+    proc = subprocess.run(
+        ["unshare", "-nm", "sh", "-c", 'mount -t sysfs sysfs /sys && exec "$@"', "sh",
+         sys.executable, "-m", "hsmsign", "--home", str(tmp_path / "home"), "ceremony", "root",
+         str(tmp_path / "repo"), "--plan", str(plan), "--json"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "offline" in proc.stderr
+    transcript = json.loads((tmp_path / "repo" / "ceremony-transcript.json").read_text())
+    assert transcript["entries"][0]["data"]["network_up"] == []
+
+
+def test_a_missing_token_in_a_plan_run_stops_before_anything_is_written(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob", "dave"], 2)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "dave")))
+    result = cli.fails("ceremony", "root", str(tmp_path / "repo"), "--plan", str(plan),
+                       "--allow-network")
+    assert "token 'dave' of dave is not present" in result.error_lines[0]
+    # Keys made on alice's and bob's tokens are listed for removal; nothing else exists.
+    assert result.stderr.count(" on alice (serial") + result.stderr.count(" on bob (serial") == 2
+    assert not (tmp_path / "repo").exists() and tree_digest(tmp_path / "home") == {}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".repo.ceremony-")]
+
+
+def _spawn_ceremony(tokens: Tokens, tmp_path: Path, *args: str) -> pexpect.spawn:
+    return pexpect.spawn(sys.executable,
+                         ["-m", "hsmsign", "--home", str(tmp_path / "home"), "ceremony", "root",
+                          str(tmp_path / "repo"), "--allow-network", *args],
+                         env=tokens.env(), encoding="utf-8", timeout=60, dimensions=(50, 200))
+
+
+def test_interactive_ceremony_with_a_wrong_pin_and_a_token_that_is_not_there(three, tmp_path):
+    child = _spawn_ceremony(three, tmp_path, "--threshold", "2", "--tokens", "2")
+    child.expect("Name of custodian 1 of 2:")
+    child.sendline("alice")
+    child.expect("Label of alice's PKCS#11 token:")
+    child.sendline("alice")
+    child.expect("Name of custodian 2 of 2:")
+    child.sendline("erin")
+    child.expect("Label of erin's PKCS#11 token:")
+    child.sendline("erin")
+    child.expect(r"correct\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 1 of 2, held by alice")
+    child.sendline("")
+    child.expect("Enter PIN for token alice: ")
+    child.sendline("000000")  # wrong
+    child.expect("Wrong PIN")
+    child.expect("Enter PIN for token alice: ")
+    child.sendline(PIN)
+    child.expect(r"written down key ID .*\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 2 of 2, held by erin")
+    child.sendline("")
+    child.expect("Token 'erin' is not present")
+    three.add("erin")  # the right token is plugged in now
+    child.sendline("")
+    child.expect("Enter PIN for token erin: ")
+    child.sendline(PIN)
+    child.expect(r"written down key ID .*\? \[y/N\]")
+    child.sendline("y")
+    child.expect(pexpect.EOF, timeout=120)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert PIN not in child.before
+    cli = Cli(tmp_path / "home", three.env())
+    cli("repo", "verify", str(tmp_path / "repo"))
+    cli("ceremony", "verify-transcript", str(tmp_path / "repo" / "ceremony-transcript.json"),
+        str(tmp_path / "repo"))
+
+
+def test_abort_half_way_lists_token_keys_and_writes_nothing(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2, confirm=False)
+    child = _spawn_ceremony(three, tmp_path, "--plan", str(plan))
+    child.expect(r"correct\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 1 of 2, held by alice")
+    child.sendline("")
+    child.expect("Enter PIN for token alice: ")
+    child.sendline(PIN)
+    child.expect(r"written down key ID .*\? \[y/N\]")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    output = child.before.replace("\r", "")
+    assert "error: ceremony stopped; nothing was written" in output
+    assert "aborted by the operator" in output
+    assert "on alice (serial" in output and "hsmsign key remove" in output
+    assert not (tmp_path / "repo").exists() and tree_digest(tmp_path / "home") == {}
+
+
+def test_unwritable_backup_destination_is_refused_in_preflight(three, tmp_path):
+    readonly = tmp_path / "usb-ro"
+    readonly.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(readonly)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2, backup=[readonly])
+        cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob")))
+        error = cli.fails("ceremony", "root", str(tmp_path / "repo"), "--plan", str(plan),
+                          "--allow-network").error_lines[0]
+        assert f"backup destination {readonly} is not writable" in error
+        assert not (tmp_path / "repo").exists() and tree_digest(tmp_path / "home") == {}
+        # Nothing was created on a token: preflight comes first.
+        assert "hsmsign key remove" not in cli.fails(
+            "ceremony", "root", str(tmp_path / "repo"), "--plan", str(plan), "--allow-network").stderr
+    finally:
+        subprocess.run(["umount", str(readonly)], check=False)
