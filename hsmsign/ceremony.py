@@ -85,6 +85,7 @@ class Plan:
     algorithm: str = DEFAULT_ALGORITHM
     pkcs11_module: str | None = None
     wanted_tokens: int = 0  # custodians to have; those the plan does not name are asked for
+    old_custodians: list[Custodian] = field(default_factory=list)  # rotation: sign with old keys
 
     @property
     def tokens(self) -> int:
@@ -123,6 +124,11 @@ def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
                   if isinstance(c, dict) and "name" in c and "token" in c]
     if len(custodians) != len(data.get("custodian", [])):
         raise HsmsignError("every [[custodian]] in the plan needs a name and a token")
+    old_custodians = [Custodian(c["name"], c["token"], c.get("pin_env"))
+                      for c in data.get("old_custodian", [])
+                      if isinstance(c, dict) and "name" in c and "token" in c]
+    if len(old_custodians) != len(data.get("old_custodian", [])):
+        raise HsmsignError("every [[old_custodian]] in the plan needs a name and a token")
     if tokens is not None:
         custodians = custodians[:tokens]
     expires = dict(DEFAULT_EXPIRY_DAYS)
@@ -139,6 +145,7 @@ def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
         algorithm=data.get("algorithm", DEFAULT_ALGORITHM),
         pkcs11_module=data.get("pkcs11", {}).get("module"),
         wanted_tokens=tokens or 0,
+        old_custodians=old_custodians,
     )
     if plan.confirm_all and len(plan.custodians) < plan.tokens:
         raise HsmsignError(f"--tokens {plan.tokens}: the plan names only {len(plan.custodians)} "
@@ -440,9 +447,10 @@ class RootCeremony:
         self.transcript.record("backups", {"archives": results})
         return results
 
-    def sign_transcript(self) -> None:
+    def sign_transcript(self, root_version: int = 1) -> None:
         self.transcript.record("complete", {"root_keys": [t.keyid for t in self.tokens],
-                                            "threshold": self.plan.threshold})
+                                            "threshold": self.plan.threshold,
+                                            "root_version": root_version})
         for token in self.tokens:
             signer = signer_for(token.stores, token.keyid)
             self.transcript.sign(signer)
@@ -485,7 +493,12 @@ def verify_transcript(path: Path, repo: Path) -> dict:
     transcript.check_chain()
     repository = HsmsignRepository(repo)
     repository.require()
-    root = repository.read_file("1.root.json", "root")
+    complete = next((e for e in transcript.entries if e["step"] == "complete"), None)
+    if complete is None:
+        raise HsmsignError("the transcript has no 'complete' entry: the ceremony did not finish")
+    root_version = int(complete["data"].get("root_version", 1))
+    root_name = f"{root_version}.root.json"
+    root = repository.read_file(root_name, "root")
     keys, threshold = repository.role_keys("root", root)
     signed_by = transcript.check_signatures(keys, threshold)
     verified = next((e for e in transcript.entries if e["step"] == "verify"), None)
@@ -493,8 +506,173 @@ def verify_transcript(path: Path, repo: Path) -> dict:
         for name, digest in verified["data"]["metadata_sha256"].items():
             path_on_disk = repository.metadata_dir / name
             if not path_on_disk.exists() or sha256_file(path_on_disk) != digest:
-                if name == "1.root.json":
-                    continue  # custodians may add signatures to 1.root.json after the ceremony
+                if name == root_name:
+                    continue  # custodians may add signatures to the new root afterwards
                 raise HsmsignError(f"metadata/{name} is not the file the ceremony wrote")
     return {"entries": len(transcript.entries), "digest": transcript.digest,
             "signed_by": signed_by, "threshold": threshold}
+
+
+class RootRotation(RootCeremony):
+    """`hsmsign ceremony rotate-root`: a new root version with new custodian keys.
+
+    The new root is signed by the new keys and by the old keys of the `old_custodian` tokens
+    present, so that a client trusting the old root follows the rotation. A custodian whose
+    token already holds a key of the current root keeps it. Only the new `N.root.json` (and
+    the transcript) is written into REPO, after the whole chain verifies from `1.root.json`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.transcript = Transcript("rotate-root")
+        self.old_tokens: list[CustodianToken] = []
+
+    def run(self) -> dict:
+        current = HsmsignRepository(self.repo)
+        verify(current)  # rotate from a repository that verifies, nothing else
+        self.old_root = current.open("root")
+        self.ask_custodians()
+        self.plan.check()
+        self.preflight()
+        self.work = Path(tempfile.mkdtemp(prefix=f".{self.repo.name}.rotation-", dir=self.repo.parent))
+        try:
+            staged_home = self.work / "home"
+            staged_home.mkdir(mode=0o700)
+            shutil.copytree(self.repo / "metadata", self.work / "repo" / "metadata")
+            if (self.repo / "hsmsign.json").exists():
+                shutil.copy(self.repo / "hsmsign.json", self.work / "repo" / "hsmsign.json")
+            self.root_keys(staged_home)
+            self.old_custodian_tokens(staged_home)
+            version = self.new_root(staged_home)
+            self.verify_rotation(version)
+            self.sign_transcript(version)
+            return self.write_root(version)
+        except BaseException as e:
+            self.transcript.record("aborted", {"reason": str(e) or type(e).__name__,
+                                               "created_on_tokens": self.created_on_tokens})
+            raise
+        finally:
+            for token in (*self.tokens, *self.old_tokens):
+                token.stores.close()
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def preflight(self) -> None:
+        old_keys = sorted(self.old_root.signed.roles["root"].keyids)
+        self.ui.screen("1. Preflight: rotating root", [
+            ("repository", str(self.repo)),
+            ("current root", f"v{self.old_root.signed.version}, "
+                             f"{self.old_root.signed.roles['root'].threshold} of {len(old_keys)}"),
+            *((f"old key {i}", k) for i, k in enumerate(old_keys, 1)),
+            ("new threshold", f"{self.plan.threshold} of {self.plan.tokens}"),
+        ])
+        up = network_interfaces_up()
+        if up and not self.plan.allow_network:
+            raise HsmsignError(
+                f"network interfaces are up ({', '.join(up)}); disconnect them (the ceremony is "
+                "offline), or pass --allow-network for a rehearsal"
+            )
+        self.transcript.record("preflight", {
+            "repository": str(self.repo), "network_up": up, "versions": library_versions(),
+            "current_root_version": self.old_root.signed.version, "old_root_keys": old_keys,
+            "threshold": self.plan.threshold,
+            "custodians": [{"name": c.name, "token": c.token} for c in self.plan.custodians],
+            "old_custodians": [{"name": c.name, "token": c.token} for c in self.plan.old_custodians],
+        })
+        self.confirm(f"Rotate the root of {self.repo} (v{self.old_root.signed.version}) now?")
+
+    def root_keys(self, staged_home: Path) -> None:
+        """Keep a custodian's current root key when their token has one; else make a new one."""
+        old_keys = set(self.old_root.signed.roles["root"].keyids)
+        alg = algorithm(self.plan.algorithm)
+        for i, custodian in enumerate(self.plan.custodians, 1):
+            if not self.plan.confirm_all:
+                self.ui.pause(f"Insert token {i} of {self.plan.tokens}, held by {custodian.name} "
+                              f"({custodian.token}), then press Enter")
+            token = self._open_token(custodian, i, staged_home)
+            self.tokens.append(token)
+            kept = [k for k in token.stores.token.keyids() if k in old_keys]
+            self._login(token)
+            if kept:
+                token.keyid = kept[0]
+                action = "kept"
+            else:
+                record = token.stores.token.generate("root", alg)
+                token.keyid = record.keyid
+                self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+                action = "generated"
+            self.ui.screen(f"2. Root key {i} of {self.plan.tokens}: {custodian.name}",
+                           [("key ID", token.keyid), ("", action)])
+            self.transcript.record("root key", {"custodian": custodian.name,
+                                                "token": custodian.token_label,
+                                                "keyid": token.keyid, "action": action})
+
+    def old_custodian_tokens(self, staged_home: Path) -> None:
+        old_keys = set(self.old_root.signed.roles["root"].keyids)
+        for i, custodian in enumerate(self.plan.old_custodians, 1):
+            if not self.plan.confirm_all:
+                self.ui.pause(f"Insert the old root token of {custodian.name}, then press Enter")
+            token = self._open_token(custodian, i, staged_home)
+            held = [k for k in token.stores.token.keyids() if k in old_keys]
+            if not held:
+                raise HsmsignError(f"the token of {custodian.name} holds none of the current root keys")
+            self._login(token)
+            token.keyid = held[0]
+            self.old_tokens.append(token)
+            self.transcript.record("old root key", {"custodian": custodian.name, "keyid": token.keyid})
+
+    def new_root(self, staged_home: Path) -> int:
+        assert self.work is not None
+        nobody = KeyStores(staged_home, self.secrets, NO_TOKEN)
+        staged = HsmsignRepository(self.work / "repo", SigningService(nobody))
+        new_keys = [tuf_key(t.stores.token.public_key(t.keyid)) for t in self.tokens]
+        with staged.edit_root() as root:
+            for keyid in list(root.roles["root"].keyids):
+                if keyid not in {k.keyid for k in new_keys}:
+                    root.revoke_key(keyid, "root")
+            for key in new_keys:
+                if key.keyid not in root.roles["root"].keyids:
+                    root.add_key(key, "root")
+            root.roles["root"].threshold = self.plan.threshold
+        staged.commit()
+        version = staged.open("root").signed.version
+        signers = {t.keyid: t for t in (*self.tokens, *self.old_tokens)}
+        for keyid, token in signers.items():
+            again = HsmsignRepository(self.work / "repo", SigningService(token.stores, only={keyid}))
+            again.sign_current("root")
+            again.commit()
+            reports = again.reports
+            self.transcript.record("root signature", {
+                "custodian": token.custodian.name, "keyid": keyid,
+                "new_keys": f"{len(reports['root'].valid)}/{reports['root'].threshold}",
+                "old_keys": (f"{len(reports['root (previous keys)'].valid)}/"
+                             f"{reports['root (previous keys)'].threshold}"),
+            })
+        return version
+
+    def verify_rotation(self, version: int) -> None:
+        assert self.work is not None
+        staged = HsmsignRepository(self.work / "repo")
+        from_first = verify(staged)
+        from_old = verify(staged, (self.repo / "metadata" /
+                                   f"{self.old_root.signed.version}.root.json").read_bytes())
+        name = f"{version}.root.json"
+        digest = sha256_file(self.work / "repo" / "metadata" / name)
+        self.ui.screen("3. Verified", [("from 1.root.json", f"root v{from_first.root_version} ok"),
+                                       ("from the old root", f"root v{from_old.root_version} ok")])
+        self.transcript.record("verify", {"roles": from_first.roles, "metadata_sha256": {name: digest},
+                                          "followed_from_old_root": True})
+
+    def write_root(self, version: int) -> dict:
+        from hsmsign.fsutil import atomic_write
+
+        assert self.work is not None
+        name = f"{version}.root.json"
+        atomic_write(self.repo / "metadata" / name, (self.work / "repo" / "metadata" / name).read_bytes(),
+                     mode=0o644)
+        transcript = self.repo / f"ceremony-rotate-root-{version}-transcript.json"
+        atomic_write(transcript, json.dumps(self.transcript.to_json(), indent=2).encode() + b"\n",
+                     mode=0o644)
+        atomic_write(transcript.with_suffix(".md"), self.transcript.to_markdown().encode(), mode=0o644)
+        return {"repository": str(self.repo), "transcript": str(transcript), "root_version": version,
+                "root_keys": [t.keyid for t in self.tokens], "threshold": self.plan.threshold,
+                "digest": self.transcript.digest}

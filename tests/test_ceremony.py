@@ -248,3 +248,50 @@ def test_unwritable_backup_destination_is_refused_in_preflight(three, tmp_path):
             "ceremony", "root", str(tmp_path / "repo"), "--plan", str(plan), "--allow-network").stderr
     finally:
         subprocess.run(["umount", str(readonly)], check=False)
+
+
+def test_rotate_root_a_custodian_leaves_and_a_client_follows(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob", "carol"], 2)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "carol", "dave")))
+    repo = tmp_path / "repo"
+    first = json.loads(cli("ceremony", "root", str(repo), "--plan", str(plan), "--allow-network",
+                           "--json").stdout)
+    server = Server(repo)
+    try:
+        client = tmp_path / "client"
+        up = updater(repo, server, client)
+        up.refresh()  # this client now trusts root v1
+        # Carol leaves; Dave joins. Alice and Bob keep their keys (and sign with them).
+        three.add("dave")
+        rotation = write_plan(tmp_path / "rotate.toml", ["alice", "bob", "dave"], 2)
+        result = json.loads(cli("ceremony", "rotate-root", str(repo), "--plan", str(rotation),
+                                "--allow-network", "--json").stdout)
+        assert result["root_version"] == 2
+        new_root = json.loads((repo / "metadata" / "2.root.json").read_text())["signed"]
+        keys = set(new_root["roles"]["root"]["keyids"])
+        assert keys & set(first["root_keys"]) == set(first["root_keys"][:2])  # alice, bob kept
+        assert len(keys) == 3 and first["root_keys"][2] not in keys  # carol's key is gone
+        up = updater(repo, server, client)
+        up.refresh()
+        assert json.loads((client / "metadata" / "root.json").read_text())["signed"]["version"] == 2
+    finally:
+        server.close()
+    cli("repo", "verify", str(repo))
+    out = json.loads(cli("ceremony", "verify-transcript", result["transcript"], str(repo),
+                         "--json").stdout)
+    assert out["threshold"] == 2 and len(out["signed_by"]) == 3
+    # The first transcript still verifies against root v1.
+    cli("ceremony", "verify-transcript", str(repo / "ceremony-transcript.json"), str(repo))
+
+
+def test_rotate_root_refuses_a_repository_that_does_not_verify(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob")))
+    repo = tmp_path / "repo"
+    cli("ceremony", "root", str(repo), "--plan", str(plan), "--allow-network")
+    (repo / "metadata" / "timestamp.json").write_text("{}")
+    before = tree_digest(repo)
+    error = cli.fails("ceremony", "rotate-root", str(repo), "--plan", str(plan),
+                      "--allow-network").error_lines[0]
+    assert "rotation stopped" in error and "timestamp" in error
+    assert tree_digest(repo) == before

@@ -95,6 +95,41 @@ def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network):
                           ("root keys", ", ".join(k[:16] for k in result["root_keys"]))])
 
 
+@ceremony.command("rotate-root")
+@click.argument("repo", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="TOML plan: [[custodian]] of the new root, [[old_custodian]] who sign with old keys.")
+@click.option("--threshold", type=int, help="Root keys needed to sign the new root.")
+@click.option("--tokens", type=int, help="Number of custodian tokens of the new root.")
+@click.option("--allow-network", is_flag=True, help="Rehearsal only: run with the network up.")
+@common_options
+@pass_app
+def rotate_root(app, repo, plan_file, threshold, tokens, allow_network):
+    """Replace root keys (a custodian leaves, a token is lost), signed by old and new keys."""
+    from hsmsign.ceremony import RootRotation, load_plan
+    from hsmsign.errors import HsmsignError
+
+    if plan_file is None and (threshold is None or tokens is None):
+        raise HsmsignError("give --plan FILE, or --threshold K and --tokens N")
+    plan = load_plan(plan_file, threshold=threshold, tokens=tokens, backup_to=[],
+                     allow_network=allow_network)
+    ui = TerminalCeremonyUI(interactive=sys.stdin.isatty())
+    run = RootRotation(repo, app.home, plan, ui, app.secrets, force=app.force)
+    try:
+        result = run.run()
+    except HsmsignError as e:
+        if run.created_on_tokens:
+            app.note("keys created on tokens during this ceremony (remove them with "
+                     "`hsmsign key remove KEYID` once the token is plugged in):")
+            for line in run.created_on_tokens:
+                app.note(f"  {line}")
+        raise HsmsignError(f"rotation stopped; {repo} is unchanged: {e}") from None
+    if app.json:
+        app.emit_json(result)
+        return
+    ui.screen("Done", [("new root", f"v{result['root_version']}"), ("transcript", result["transcript"])])
+
+
 @ceremony.command("verify-transcript")
 @click.argument("transcript", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.argument("repo", type=click.Path(file_okay=False, exists=True, path_type=Path))
