@@ -149,6 +149,7 @@ class HsmsignRepository(Repository):
         self.reports: dict[str, SigningReport] = {}
         self._cache: dict[str, Metadata] = {}
         self._staged: dict[str, Metadata] = {}  # filename -> metadata to write
+        self._bumped: set[str] = set()  # roles given a new version by this command
         self._uploads: list[TargetUpload] = []
         self._targets_infos: dict[str, MetaFile] = {}
         self._previous_root: Metadata | None = None
@@ -272,11 +273,20 @@ class HsmsignRepository(Repository):
         return self._cache[role]
 
     def close(self, role: str, md: Metadata) -> None:
-        """Bump version and expiry, re-sign with the keys here, and stage the file."""
-        if role == "root" and md.signed.version >= 1:
-            # The root being replaced must also sign its successor (TUF root rotation).
-            self._previous_root = self.read_file(metadata_filename("root", md.signed.version), "root")
-        md.signed.version += 1
+        """Bump version and expiry, re-sign with the keys here, and stage the file.
+
+        A role edited twice in one command (e.g. `signer add` touching two delegations) gets
+        one new version, not two.
+        """
+        if role in self._bumped:
+            self._staged.pop(metadata_filename(role, md.signed.version), None)
+        else:
+            if role == "root" and md.signed.version >= 1:
+                # The root being replaced must also sign its successor (TUF root rotation).
+                self._previous_root = self.read_file(
+                    metadata_filename("root", md.signed.version), "root")
+            md.signed.version += 1
+            self._bumped.add(role)
         md.signed.expires = now() + timedelta(days=self.expiry_days(role))
         md.signatures.clear()
         self.sign(role, md)

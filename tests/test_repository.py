@@ -342,3 +342,13 @@ def test_init_refuses_an_existing_repository(repo):
     before = tree_digest(path)
     assert "is not empty" in cli.fails("repo", "init", str(path)).error_lines[0]
     assert tree_digest(path) == before
+
+
+def test_one_command_makes_one_new_version_of_each_role(repo, tmp_path):
+    cli, path = repo
+    alice = json.loads(cli("key", "generate", "alice", "--json").stdout)["keyid"]
+    out = json.loads(cli("signer", "add", "alice", "--key", alice, str(path), "--json").stdout)
+    # targets gains two delegations (releases, alice) in one new version; one snapshot.
+    assert sorted(out["written"]) == ["1.alice.json", "1.releases.json", "2.snapshot.json",
+                                      "2.targets.json", "timestamp.json"]
+    cli("repo", "verify", str(path))
