@@ -223,3 +223,9 @@ def test_notary_export_of_an_online_key_without_gun_is_refused(home, file_cli):
     keyid = json.loads(file_cli("key", "generate", "snapshot", "--json").stdout)["keyid"]
     error = file_cli.fails("key", "export", keyid, "--private", "--format", "notary").error_lines[0]
     assert "GUN" in error
+
+
+def test_export_json(keyed_home, file_cli):
+    record = _by_role(file_cli, "targets")
+    out = json.loads(file_cli("key", "export", record["keyid"], "--json").stdout)
+    assert out["keyid"] == record["keyid"] and out["pem"].startswith("-----BEGIN PUBLIC KEY-----")

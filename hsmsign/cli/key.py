@@ -109,11 +109,15 @@ def export(app, keyid, output, private, format_):
         data = stores.files.notary_export(keyid)
     else:
         data = public_key_pem(stores.public_key(keyid))
-    if output is None:
+    if output is not None:
+        atomic_write(output, data, mode=0o600 if private else 0o644)
+        app.note(f"Wrote {'private' if private else 'public'} key {keyid} to {output}")
+    if app.json:
+        app.emit_json({"keyid": keyid, "private": private, "format": format_,
+                       "output": str(output) if output else None,
+                       **({} if output else {"pem": data.decode()})})
+    elif output is None:
         sys.stdout.buffer.write(data)
-        return
-    atomic_write(output, data, mode=0o600 if private else 0o644)
-    app.note(f"Wrote {'private' if private else 'public'} key {keyid} to {output}")
 
 
 @key.command()
