@@ -173,6 +173,17 @@ def network_interfaces_up(sys_class_net: Path = Path("/sys/class/net")) -> list[
     return up
 
 
+def require_offline(plan: Plan) -> list[str]:
+    """The interfaces up (allowed only for a rehearsal); an error when the laptop is online."""
+    up = network_interfaces_up()
+    if up and not plan.allow_network:
+        raise HsmsignError(
+            f"network interfaces are up ({', '.join(up)}); disconnect them (the ceremony is "
+            "offline), or pass --allow-network for a rehearsal"
+        )
+    return up
+
+
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -293,12 +304,7 @@ class RootCeremony:
 
     def preflight(self) -> None:
         rows = []
-        up = network_interfaces_up()
-        if up and not self.plan.allow_network:
-            raise HsmsignError(
-                f"network interfaces are up ({', '.join(up)}); disconnect them (the ceremony is "
-                "offline), or pass --allow-network for a rehearsal"
-            )
+        up = require_offline(self.plan)
         rows.append(("network", f"UP: {', '.join(up)} (allowed for a rehearsal)" if up else "offline"))
         clock = datetime.now(timezone.utc).replace(microsecond=0)
         rows.append(("clock (UTC)", clock.isoformat()))
@@ -337,19 +343,24 @@ class RootCeremony:
                           f"({index} of {self.plan.tokens}) and press Enter")
             stores.token.rescan([t.stores.token for t in self.tokens])
 
+    def _insert_token(self, custodian: Custodian, index: int, staged_home: Path) -> CustodianToken:
+        """Ask for a custodian's token, find it, and log in to it."""
+        if not self.plan.confirm_all:
+            self.ui.pause(f"Insert token {index} of {self.plan.tokens}, held by {custodian.name} "
+                          f"({custodian.token}), then press Enter")
+        token = self._open_token(custodian, index, staged_home)
+        self.tokens.append(token)
+        self._login(token)
+        return token
+
     def _pin_variables(self, custodian: Custodian) -> list[str]:
         return [custodian.pin_env] if custodian.pin_env else ["HSMSIGN_PIN"]
 
     def root_keys(self, staged_home: Path) -> None:
         alg = algorithm(self.plan.algorithm)
         for i, custodian in enumerate(self.plan.custodians, 1):
-            if not self.plan.confirm_all:
-                self.ui.pause(f"Insert token {i} of {self.plan.tokens}, held by {custodian.name} "
-                              f"({custodian.token}), then press Enter")
-            token = self._open_token(custodian, i, staged_home)
-            self.tokens.append(token)
+            token = self._insert_token(custodian, i, staged_home)
             label = custodian.token_label
-            self._login(token)
             record = token.stores.token.generate("root", alg)
             token.keyid = record.keyid
             self.created_on_tokens.append(f"{record.keyid} on {record.location}")
@@ -565,12 +576,7 @@ class RootRotation(RootCeremony):
             *((f"old key {i}", k) for i, k in enumerate(old_keys, 1)),
             ("new threshold", f"{self.plan.threshold} of {self.plan.tokens}"),
         ])
-        up = network_interfaces_up()
-        if up and not self.plan.allow_network:
-            raise HsmsignError(
-                f"network interfaces are up ({', '.join(up)}); disconnect them (the ceremony is "
-                "offline), or pass --allow-network for a rehearsal"
-            )
+        up = require_offline(self.plan)
         self.transcript.record("preflight", {
             "repository": str(self.repo), "network_up": up, "versions": library_versions(),
             "current_root_version": self.old_root.signed.version, "old_root_keys": old_keys,
@@ -585,13 +591,8 @@ class RootRotation(RootCeremony):
         old_keys = set(self.old_root.signed.roles["root"].keyids)
         alg = algorithm(self.plan.algorithm)
         for i, custodian in enumerate(self.plan.custodians, 1):
-            if not self.plan.confirm_all:
-                self.ui.pause(f"Insert token {i} of {self.plan.tokens}, held by {custodian.name} "
-                              f"({custodian.token}), then press Enter")
-            token = self._open_token(custodian, i, staged_home)
-            self.tokens.append(token)
+            token = self._insert_token(custodian, i, staged_home)
             kept = [k for k in token.stores.token.keyids() if k in old_keys]
-            self._login(token)
             if kept:
                 token.keyid = kept[0]
                 action = "kept"

@@ -50,6 +50,21 @@ class TerminalCeremonyUI:
         return click.prompt(question, err=True, prompt_suffix=" ")
 
 
+def _run(app, run, stopped: str) -> dict:
+    """Run a ceremony; on failure, list what it made on tokens (that cannot be undone)."""
+    from hsmsign.errors import HsmsignError
+
+    try:
+        return run.run()
+    except HsmsignError as e:
+        if run.created_on_tokens:
+            app.note("keys created on tokens during this ceremony (remove them with "
+                     "`hsmsign key remove KEYID` once the token is plugged in):")
+            for line in run.created_on_tokens:
+                app.note(f"  {line}")
+        raise HsmsignError(f"{stopped}: {e}") from None
+
+
 @click.group()
 def ceremony():
     """The guided offline root ceremony, and checking its transcript."""
@@ -76,16 +91,8 @@ def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network):
     plan = load_plan(plan_file, threshold=threshold, tokens=tokens, backup_to=list(backup_to),
                      allow_network=allow_network)
     ui = TerminalCeremonyUI(interactive=sys.stdin.isatty())
-    run = RootCeremony(repo, app.home, plan, ui, app.secrets, force=app.force)
-    try:
-        result = run.run()
-    except HsmsignError as e:
-        if run.created_on_tokens:
-            app.note("keys created on tokens during this ceremony (remove them with "
-                     "`hsmsign key remove KEYID` once the token is plugged in):")
-            for line in run.created_on_tokens:
-                app.note(f"  {line}")
-        raise HsmsignError(f"ceremony stopped; nothing was written to {repo} or the home: {e}") from None
+    result = _run(app, RootCeremony(repo, app.home, plan, ui, app.secrets, force=app.force),
+                  f"ceremony stopped; nothing was written to {repo} or the home")
     if app.json:
         app.emit_json(result)
         return
@@ -114,16 +121,8 @@ def rotate_root(app, repo, plan_file, threshold, tokens, allow_network):
     plan = load_plan(plan_file, threshold=threshold, tokens=tokens, backup_to=[],
                      allow_network=allow_network)
     ui = TerminalCeremonyUI(interactive=sys.stdin.isatty())
-    run = RootRotation(repo, app.home, plan, ui, app.secrets, force=app.force)
-    try:
-        result = run.run()
-    except HsmsignError as e:
-        if run.created_on_tokens:
-            app.note("keys created on tokens during this ceremony (remove them with "
-                     "`hsmsign key remove KEYID` once the token is plugged in):")
-            for line in run.created_on_tokens:
-                app.note(f"  {line}")
-        raise HsmsignError(f"rotation stopped; {repo} is unchanged: {e}") from None
+    result = _run(app, RootRotation(repo, app.home, plan, ui, app.secrets, force=app.force),
+                  f"rotation stopped; {repo} is unchanged")
     if app.json:
         app.emit_json(result)
         return
