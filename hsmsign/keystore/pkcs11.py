@@ -240,6 +240,14 @@ class Pkcs11KeyStore:
             return _text(token.serial) == self.config.serial
         return bool(int(token.flags) & TokenFlag.TOKEN_INITIALIZED)
 
+    def require_present(self) -> None:
+        """Nothing, or a TokenError saying precisely why the token cannot be used."""
+        self._find_slot()
+
+    @property
+    def slot_id(self) -> int:
+        return self._find_slot().slot_id
+
     def is_present(self) -> bool:
         try:
             self._find_slot()

@@ -58,7 +58,7 @@ class KeyStores:
                 if self.token.is_present():
                     listing.keys.extend(self.token.list_keys())
                 elif self.token_config.explicit:
-                    self.token._find_slot()  # raises the precise reason
+                    self.token.require_present()  # raises the precise reason
         except TokenError as e:
             listing.warnings.append(f"token keys not listed: {e}")
         return listing
@@ -112,7 +112,7 @@ class KeyStores:
         if store == "file":
             return "file", "asked for a file key"
         if store == "token":
-            self.token._find_slot()  # a precise error when the token is missing
+            self.token.require_present()
             return "token", "asked for a token key"
         if store != "auto":
             raise HsmsignError(f"unknown store {store!r}; choose one of {', '.join(STORE_CHOICES)}")
@@ -120,7 +120,7 @@ class KeyStores:
             return "file", f"{role} keys are online keys and live in files unless --store token"
         if self.token_config.candidate_modules():
             try:
-                self.token._find_slot()
+                self.token.require_present()
             except TokenError as e:
                 # A token the user named, or several to choose from: never a silent file.
                 if self.token_config.explicit or "several tokens" in str(e):
