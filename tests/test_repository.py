@@ -262,6 +262,11 @@ def test_manifest_json_and_csv_list_and_remove(repo, tmp_path):
     assert set(listed) == {"v1/app.tar.gz", "v2/app.tar.gz", "v3/app.tar.gz"}
     assert listed["v1/app.tar.gz"]["custom"] == {"tag": "v1"}
     assert listed["v3/app.tar.gz"]["hashes"] == {"sha256": "3" * 64}
+    status = cli("repo", "status", str(path)).stdout
+    targets_key = keyid_of(cli, "targets")
+    row = next(l for l in status.splitlines() if l.startswith("v1/app.tar.gz"))
+    assert row.split()[1:] == ["1" * 64, "targets", targets_key[:7]]  # who signed each target
+    assert f"targets (threshold 1)  {targets_key}" in status
     cli("target", "remove", str(path), "v2/app.tar.gz")
     assert "v2/app.tar.gz" not in cli("target", "list", str(path)).stdout
     cli("repo", "verify", str(path))

@@ -102,8 +102,22 @@ def status(app, repo):
                      "; ".join(r.problems) or "ok"])
     app.table(["ROLE", "VERSION", "EXPIRES (UTC)", "SIGNED", "KEYS", "KEY IDS (* = here)", "STATUS"],
               rows, "no roles")
+    # Like `docker trust inspect --pretty`: signed targets and who signed them.
+    signers = {r.role: ", ".join(k["keyid"][:7] for k in r.keys if k["signed"]) or "nobody"
+               for r in roles}
     targets = repository.all_targets()
-    app.note(f"\n{len(targets)} target(s); `hsmsign target list {repo}` lists them.")
+    click.echo("")
+    app.table(["SIGNED TARGET", "DIGEST (SHA-256)", "ROLE", "SIGNED BY"],
+              [[t.path, t.hashes.get("sha256", ""), role, signers[role]]
+               for role, t in targets[:50]], "No targets.")
+    if len(targets) > 50:
+        app.note(f"... and {len(targets) - 50} more; `hsmsign target list {repo}` lists them all.")
+    by_role = {r.role: r for r in roles}
+    click.echo("")
+    app.table(["ADMINISTRATIVE KEYS", "KEY IDS"],
+              [[f"{role} (threshold {by_role[role].threshold})",
+                ", ".join(k["keyid"] for k in by_role[role].keys)] for role in ("root", "targets")],
+              "")
 
 
 @repo.command()
