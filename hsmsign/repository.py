@@ -98,6 +98,19 @@ def check_target_path(path: str) -> str:
     return path
 
 
+def check_init_arguments(root_keys: int, root_threshold: int, expires: dict[str, float]) -> None:
+    """What `init` refuses, checked before any key is generated for it."""
+    if not 1 <= root_threshold <= root_keys:
+        raise RepositoryError(
+            f"root threshold {root_threshold} is not between 1 and the {root_keys} root key(s) given"
+        )
+    for role, days in expires.items():
+        if role not in TOP_LEVEL_ROLES and role != "delegation":
+            raise RepositoryError(f"--expires: unknown role {role!r}")
+        if days <= 0:
+            raise RepositoryError(f"--expires {role}: give a positive number of days")
+
+
 class RepositoryLock:
     """An exclusive lock on a repository for the length of one command."""
 
@@ -438,14 +451,8 @@ class HsmsignRepository(Repository):
              expires: dict[str, float]) -> None:
         if self.exists():
             raise RepositoryError(f"{self.path} already has metadata; nothing changed")
-        if not 1 <= root_threshold <= len(root_keys):
-            raise RepositoryError(
-                f"root threshold {root_threshold} is not between 1 and the {len(root_keys)} "
-                "root key(s) given"
-            )
+        check_init_arguments(len(root_keys), root_threshold, expires)
         for role, days in expires.items():
-            if role not in TOP_LEVEL_ROLES and role != "delegation":
-                raise RepositoryError(f"--expires: unknown role {role!r}")
             self.set_expiry_days(role, days)
         self._config_changed = True
         with self.edit_root() as root:

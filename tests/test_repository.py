@@ -357,3 +357,12 @@ def test_one_command_makes_one_new_version_of_each_role(repo, tmp_path):
     assert sorted(out["written"]) == ["1.alice.json", "1.releases.json", "2.snapshot.json",
                                       "2.targets.json", "timestamp.json"]
     cli("repo", "verify", str(path))
+
+
+def test_init_bad_arguments_generate_no_key(home, no_token_env, tmp_path):
+    cli = Cli(home, dict(no_token_env))
+    for args, expected in ((["--root-threshold", "2"], "root threshold 2"),
+                           (["--expires", "nope=3"], "unknown role"),
+                           (["--expires", "timestamp=0"], "positive number")):
+        assert expected in cli.fails("repo", "init", str(tmp_path / "r"), *args).error_lines[0]
+    assert tree_digest(home) == {} and not (tmp_path / "r").exists()

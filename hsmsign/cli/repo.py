@@ -47,7 +47,10 @@ def init(app, repo, root_keys, root_threshold, targets_key, snapshot_key, timest
     from hsmsign.errors import HsmsignError
     from hsmsign.keys import DEFAULT_ALGORITHM, algorithm
 
+    from hsmsign.repository import check_init_arguments
+
     expiry = _parse_expires(expires)
+    check_init_arguments(max(1, len(root_keys)), root_threshold, expiry)
     created = not repo.exists()
     if (repo / "metadata").exists() and any((repo / "metadata").iterdir()):
         raise HsmsignError(f"{repo}/metadata is not empty; nothing changed")
