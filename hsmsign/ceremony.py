@@ -450,7 +450,7 @@ class RootCeremony:
         if not self.plan.backup_destinations:
             self.transcript.record("backups", {"destinations": [], "note": "no backup destination"})
             return []
-        from hsmsign.ceremony_backup import backup_file_keys
+        from hsmsign.backup import backup_file_keys
 
         results = backup_file_keys(staged_home, self.plan.backup_destinations, self.secrets)
         self.ui.screen("6. Backups", [(r["path"], f"{r['size']} bytes, sha256 {r['sha256'][:16]}..., "

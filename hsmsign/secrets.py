@@ -22,6 +22,10 @@ TOO_SHORT = (
 )
 
 
+# The backup passphrase (age scrypt); no notary or docker name exists for it.
+BACKUP_PASSPHRASE_VARIABLES = ["HSMSIGN_BACKUP_PASSPHRASE"]
+
+
 class Prompter(Protocol):
     """How the CLI asks a person for a secret (no echo) and tells them why it asks again."""
 
@@ -67,6 +71,8 @@ class Secrets:
         self._passphrases: dict[str, str] = {}
         self._sources: dict[str, str] = {}  # role kind -> environment variable name, or "prompt"
         self._pins: dict[str, str] = {}
+        self._backup_passphrase: str | None = None
+        self._backup_source = "prompt"
 
     # -- passphrases -------------------------------------------------------------------
 
@@ -90,17 +96,24 @@ class Secrets:
         A typed passphrase may be typed again (up to three times); one from the environment
         is wrong for good, and the error names the variable it came from.
         """
+        kind = role_kind(role)
+        return self._retry(purpose, lambda: self.passphrase(role, purpose=purpose),
+                           lambda: self._sources.get(kind, "prompt"),
+                           lambda: self.forget_passphrase(role), attempt)
+
+    def _retry(self, what: str, get: Callable[[], str], source: Callable[[], str],
+               forget: Callable[[], None], attempt: Callable[[str], T | None]) -> T:
         for n in range(PROMPT_ATTEMPTS):
-            result = attempt(self.passphrase(role, purpose=purpose))
+            result = attempt(get())
             if result is not None:
                 return result
-            source = self._sources.get(role_kind(role), "prompt")
-            self.forget_passphrase(role)
-            if source == "prompt" and self.prompter is not None and n < PROMPT_ATTEMPTS - 1:
+            where = source()
+            forget()
+            if where == "prompt" and self.prompter is not None and n < PROMPT_ATTEMPTS - 1:
                 self.prompter.tell("Wrong passphrase. Try again.")
                 continue
-            hint = "type it again" if source == "prompt" else f"check {source}"
-            raise HsmsignError(f"wrong passphrase for {purpose}; {hint}")
+            hint = "type it again" if where == "prompt" else f"check {where}"
+            raise HsmsignError(f"wrong passphrase for {what}; {hint}")
         raise AssertionError("unreachable")  # pragma: no cover
 
     def new_passphrase(self, role: str, *, purpose: str = "") -> str:
@@ -127,6 +140,33 @@ class Secrets:
         if value is None:
             value = self._ask_new(f"Enter new passphrase for {purpose}: ", variables)
         return value
+
+    # -- the backup passphrase ---------------------------------------------------------
+
+    def backup_passphrase(self, *, new: bool = False) -> str:
+        """The passphrase of a backup archive: $HSMSIGN_BACKUP_PASSPHRASE, else a prompt
+        (asked twice, and at least 8 characters, when `new`)."""
+        if self._backup_passphrase is not None:
+            return self._backup_passphrase
+        value = self._from_env(BACKUP_PASSPHRASE_VARIABLES)
+        self._backup_source = "prompt" if value is None else BACKUP_PASSPHRASE_VARIABLES[0]
+        if value is None:
+            if new:
+                value = self._ask_new("Enter passphrase for the new backup: ",
+                                      BACKUP_PASSPHRASE_VARIABLES)
+            else:
+                value = self._ask("Enter passphrase for the backup: ",
+                                  variables=BACKUP_PASSPHRASE_VARIABLES)
+        self._backup_passphrase = value
+        return value
+
+    def unlock_backup(self, what: str, attempt: Callable[[str], T | None]) -> T:
+        """Run `attempt(passphrase)` until it returns a value, as `unlock` does for keys."""
+        def forget() -> None:
+            self._backup_passphrase = None
+
+        return self._retry(what, self.backup_passphrase, lambda: self._backup_source, forget,
+                           attempt)
 
     # -- PINs --------------------------------------------------------------------------
 

@@ -65,8 +65,12 @@ def pins(*names: str) -> dict[str, str]:
 
 
 def test_rehearsal_from_a_plan_is_verified_by_the_client_and_the_transcript(three, tmp_path):
-    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob", "carol"], 2)
-    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "carol")))
+    usb = [tmp_path / "usb1", tmp_path / "usb2"]
+    for d in usb:
+        d.mkdir()
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob", "carol"], 2, backup=usb)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "carol"),
+                                           HSMSIGN_BACKUP_PASSPHRASE="backup passphrase for usb"))
     repo = tmp_path / "repo"
     result = json.loads(cli("ceremony", "root", str(repo), "--plan", str(plan),
                             "--allow-network", "--json").stdout)
@@ -108,6 +112,19 @@ def test_rehearsal_from_a_plan_is_verified_by_the_client_and_the_transcript(thre
     # The online keys work: add a target with them.
     cli("target", "add", str(repo), "hello", "--length", "1", "--sha256", "a" * 64)
     cli("repo", "verify", str(repo))
+    # Both USB copies hold the same verified archive, recorded in the transcript.
+    archives = [p for d in usb for p in d.iterdir()]
+    assert len(archives) == 2 and archives[0].read_bytes() == archives[1].read_bytes()
+    recorded = next(e for e in doc["entries"] if e["step"] == "backups")["data"]["archives"]
+    assert {a["path"] for a in recorded} == {str(p) for p in archives}
+    # Restored into a fresh home, the backup signs a new snapshot.
+    fresh = Cli(tmp_path / "fresh-home", cli.env)
+    fresh("backup", "restore", str(archives[0]))
+    before = json.loads((repo / "metadata" / "timestamp.json").read_text())["signed"]["version"]
+    fresh("repo", "refresh", str(repo), "--role", "snapshot", "--role", "timestamp", "--within", "400")
+    after = json.loads((repo / "metadata" / "timestamp.json").read_text())["signed"]
+    assert after["version"] == before + 1
+    fresh("repo", "verify", str(repo))
 
 
 def test_command_line_wins_over_the_plan(three, tmp_path):

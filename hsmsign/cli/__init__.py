@@ -20,6 +20,7 @@ COMMANDS = {
     "sign": ("hsmsign.cli.sign", "sign", "Add this machine's signatures to a role (threshold signing)."),
     "rotate": ("hsmsign.cli.sign", "rotate", "Replace the keys of a role."),
     "ceremony": ("hsmsign.cli.ceremony", "ceremony", "The guided offline root ceremony."),
+    "backup": ("hsmsign.cli.backup", "backup", "Encrypted backups of the file keys; verify; safe restore."),
 }
 
 

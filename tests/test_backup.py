@@ -1,0 +1,563 @@
+"""Backups through the real CLI: round trip, the stock `age` and GNU tar, DCT migration,
+restore plans, verify, hardware keys, bad destinations, a full disk, the progress bar.
+
+Key files are made once per session (the KDF is deliberately slow); tests that change a
+home or an archive work on copies. Hostile archives are in test_backup_hostile.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+from conftest import NOTARY, Cli, tree_digest
+
+BACKUP_PASSPHRASE = "backup passphrase for the USB sticks"
+NAME = re.compile(r"^hsmsign-backup-\d{4}-\d\d-\d\d-[0-9a-f]{8}\.tar\.age$")
+
+
+def key_files(home: Path) -> dict[str, bytes]:
+    """private/ and public/ of a home, name -> bytes."""
+    return {f"{sub}/{p.name}": p.read_bytes()
+            for sub in ("private", "public") if (home / sub).is_dir()
+            for p in sorted((home / sub).iterdir())}
+
+
+def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("timeout", 60)
+    return subprocess.run(list(args), check=kwargs.pop("check", False), **kwargs)
+
+
+# -- session fixtures ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def backup_home(tmp_path_factory, prepared_home, no_token_env) -> Path:
+    """Every role (root, targets, snapshot, timestamp, a delegation) and every algorithm
+    (ecdsa-p256, ecdsa-p384, ed25519, rsa-3072) in files. Read-only: copy it to change it."""
+    home = tmp_path_factory.mktemp("backup") / "home"
+    shutil.copytree(prepared_home, home, symlinks=True)
+    Cli(home, dict(no_token_env))("key", "generate", "root", "--store", "file")
+    return home
+
+
+@pytest.fixture(scope="session")
+def custodians(tmp_path_factory) -> list[tuple[Path, str]]:
+    """Two age identities made by the stock age-keygen: (identity file, recipient)."""
+    if shutil.which("age") is None or shutil.which("age-keygen") is None:
+        pytest.fail("the age CLI is not installed: run scripts/setup (Debian package age)")
+    root = tmp_path_factory.mktemp("custodians")
+    out = []
+    for name in ("alice", "bob"):
+        identity = root / f"{name}.txt"
+        run("age-keygen", "-o", str(identity), check=True)
+        recipient = run("age-keygen", "-y", str(identity), check=True, text=True).stdout.strip()
+        out.append((identity, recipient))
+    return out
+
+
+@pytest.fixture(scope="session")
+def recipient_archive(tmp_path_factory, backup_home, custodians, no_token_env) -> Path:
+    """A backup of backup_home to both custodians (alice by --recipient, bob by file)."""
+    root = tmp_path_factory.mktemp("recipient-archive")
+    (root / "recipients.txt").write_text(f"# bob\n{custodians[1][1]}\n")
+    (root / "usb").mkdir()
+    out = Cli(backup_home, dict(no_token_env))(
+        "backup", "create", "--output", str(root / "usb"), "--recipient", custodians[0][1],
+        "--recipients-file", str(root / "recipients.txt"))
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture
+def fresh_cli(tmp_path, no_token_env) -> Cli:
+    """The CLI on an empty home (which does not exist yet)."""
+    return Cli(tmp_path / "restored", dict(no_token_env))
+
+
+# -- round trip ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def passphrase_backup(tmp_path_factory, backup_home, no_token_env) -> dict:
+    """`backup create` of backup_home to two directories with the backup passphrase (age's
+    scrypt costs about two seconds here: made once). Returns the --json summary."""
+    root = tmp_path_factory.mktemp("passphrase-backup")
+    cli = Cli(backup_home, {**no_token_env, "HSMSIGN_BACKUP_PASSPHRASE": BACKUP_PASSPHRASE})
+    (root / "usb1").mkdir(), (root / "usb2").mkdir()
+    out = cli("backup", "create", "--output", str(root / "usb1"), "--output", str(root / "usb2"),
+              "--json")
+    return json.loads(out.stdout)
+
+
+def test_round_trip_two_copies_wipe_restore_and_sign_with_every_key(passphrase_backup,
+                                                                    backup_home, tmp_path,
+                                                                    no_token_env):
+    out = passphrase_backup
+    assert out["key_count"] == 5 and out["hardware_key_count"] == 0
+    assert out["encryption"] == "passphrase"
+    assert {(k["role"], k["algorithm"]) for k in out["keys"]} == {
+        ("root", "ecdsa-p256"), ("targets", "ecdsa-p256"), ("snapshot", "ed25519"),
+        ("timestamp", "rsa-3072"), ("releases", "ecdsa-p384")}
+    copies = [Path(a["path"]) for a in out["archives"]]
+    assert [c.parent.name for c in copies] == ["usb1", "usb2"]
+    assert all(NAME.match(c.name) for c in copies)
+    assert copies[0].read_bytes() == copies[1].read_bytes()
+    import hashlib
+
+    for a in out["archives"]:
+        data = Path(a["path"]).read_bytes()
+        assert (a["size"], a["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+        assert Path(a["path"]).stat().st_mode & 0o777 == 0o600
+        assert os.listdir(Path(a["path"]).parent) == [copies[0].name]  # no temp file left
+    assert BACKUP_PASSPHRASE.encode() not in copies[0].read_bytes()
+
+    # Wipe the home (a copy of the one backed up), then restore it from the second copy.
+    home = tmp_path / "home"
+    shutil.copytree(backup_home, home)
+    shutil.rmtree(home)
+    cli = Cli(home, {**no_token_env, "HSMSIGN_BACKUP_PASSPHRASE": BACKUP_PASSPHRASE})
+    restored = json.loads(cli("backup", "restore", str(copies[1]), "--json").stdout)
+    assert {k["action"] for k in restored["keys"]} == {"add"}
+    assert key_files(home) == key_files(backup_home)
+    for p in [home, home / "private", home / "public"]:
+        assert p.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (home / "private").iterdir())
+    assert sorted(os.listdir(home)) == ["private", "public"]  # no staging left behind
+
+    # Every restored key signs, and the signature verifies (securesystemslib, as python-tuf).
+    from hsmsign.config import NO_TOKEN
+    from hsmsign.keystore.stores import KeyStores
+    from hsmsign.secrets import Secrets
+    from hsmsign.signing import signer_for
+
+    stores = KeyStores(home, Secrets(environ={k: v for k, v in no_token_env.items()
+                                              if k.endswith("_PASSPHRASE")}), NO_TOKEN)
+    signed = set()
+    for keyid in stores.files.keyids():
+        signer = signer_for(stores, keyid)
+        signature = signer.sign(b"restored payload")
+        signer.public_key.verify_signature(signature, b"restored payload")
+        signed.add(keyid)
+    assert len(signed) == 5
+
+
+def test_wrong_backup_passphrase_names_the_variable_and_writes_nothing(passphrase_backup,
+                                                                       tmp_path, no_token_env):
+    archive = passphrase_backup["archives"][0]["path"]
+    target = Cli(tmp_path / "target", {**no_token_env, "HSMSIGN_BACKUP_PASSPHRASE": "wrong-backup-secret"})
+    result = target.fails("backup", "restore", str(archive))
+    assert "wrong passphrase for backup" in result.error_lines[0]
+    assert "HSMSIGN_BACKUP_PASSPHRASE" in result.error_lines[0]
+    assert "wrong-backup-secret" not in result.stderr and BACKUP_PASSPHRASE not in result.stderr
+    assert not (tmp_path / "target").exists()
+    # Without the variable and without a terminal: an error that says what to set.
+    result = Cli(tmp_path / "target", dict(no_token_env)).fails("backup", "verify", str(archive))
+    assert "set HSMSIGN_BACKUP_PASSPHRASE" in result.error_lines[0]
+
+
+# -- the stock tools -----------------------------------------------------------------------
+
+
+def test_recipients_decrypt_with_stock_age_and_untar_with_gnu_tar(recipient_archive, custodians,
+                                                                  backup_home, tmp_path):
+    for n, (identity, _) in enumerate(custodians):
+        out = tmp_path / f"custodian{n}"
+        out.mkdir()
+        pipeline = f"age -d -i {identity} {recipient_archive} | tar -x -C {out}"
+        done = run("bash", "-o", "pipefail", "-c", pipeline, text=True)
+        assert done.returncode == 0, done.stderr
+        assert key_files(out) == key_files(backup_home)
+        assert sorted(os.listdir(out)) == ["MANIFEST.json", "private", "public"]
+        for p in (out / "private", out / "public"):
+            assert p.stat().st_mode & 0o777 == 0o700
+        assert all(p.stat().st_mode & 0o777 == 0o600 for p in (out / "private").iterdir())
+    manifest = json.loads((tmp_path / "custodian0" / "MANIFEST.json").read_text())
+    assert (manifest["format"], manifest["version"]) == ("hsmsign-backup", 1)
+    assert manifest["hsmsign_version"] and manifest["created"].endswith("Z")
+    import hashlib
+
+    for key in manifest["keys"]:
+        assert key["store"] == "file" and key["exported"] is True
+        for f in key["files"]:
+            data = (tmp_path / "custodian0" / f["name"]).read_bytes()
+            assert (f["size"], f["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert str(backup_home) not in (tmp_path / "custodian0" / "MANIFEST.json").read_text()
+    # The check docs/backup.md gives for a restore by hand.
+    if shutil.which("jq") is None:
+        pytest.fail("jq is not installed: run scripts/setup (Debian package jq)")
+    check = run("bash", "-o", "pipefail", "-c",
+                "jq -r '.keys[] | select(.exported) | .files[] | \"\\(.sha256)  \\(.name)\"' "
+                "MANIFEST.json | sha256sum -c", cwd=tmp_path / "custodian0", text=True)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.count(": OK") == 10
+    # GNU tar's view: owner 0/0, no names, 0600 files, 0700 directories, manifest first.
+    listing = run("bash", "-o", "pipefail", "-c",
+                  f"age -d -i {custodians[0][0]} {recipient_archive} | tar -tv --numeric-owner",
+                  text=True, check=True).stdout.splitlines()
+    assert listing[0].split()[:2] == ["-rw-------", "0/0"] and listing[0].endswith("MANIFEST.json")
+    assert all(line.split()[1] == "0/0" for line in listing)
+    assert {line.split()[0] for line in listing} == {"-rw-------", "drwx------"}
+
+
+def test_passphrase_asked_twice_at_a_prompt_and_stock_age_decrypts_on_a_pty(backup_home,
+                                                                             tmp_path,
+                                                                             no_token_env):
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    env = {k: v for k, v in no_token_env.items() if k != "HSMSIGN_BACKUP_PASSPHRASE"}
+    child = pexpect.spawn(sys.executable, ["-m", "hsmsign", "--home", str(backup_home), "backup",
+                                           "create", "--output", str(usb)],
+                          env=env, encoding="utf-8", timeout=60)
+    child.logfile_read = log = io.StringIO()
+    child.expect("Enter passphrase for the new backup: ")
+    child.sendline("short")
+    child.expect("too short")
+    child.expect("Enter passphrase for the new backup: ")
+    child.sendline(BACKUP_PASSPHRASE)
+    child.expect("Repeat passphrase: ")
+    child.sendline(BACKUP_PASSPHRASE + " typo")
+    child.expect("do not match")
+    child.expect("Enter passphrase for the new backup: ")
+    child.sendline(BACKUP_PASSPHRASE)
+    child.expect("Repeat passphrase: ")
+    child.sendline(BACKUP_PASSPHRASE)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert BACKUP_PASSPHRASE not in log.getvalue()  # never echoed
+    (archive,) = usb.iterdir()
+
+    # Debian's age refuses -p without a terminal: drive `age -d` on a pseudo-terminal.
+    plain = tmp_path / "backup.tar"
+    age = pexpect.spawn("age", ["-d", "-o", str(plain), str(archive)], encoding="utf-8",
+                        timeout=60)
+    age.expect("(?i)passphrase")
+    age.sendline(BACKUP_PASSPHRASE)
+    age.expect(pexpect.EOF)
+    age.close()
+    assert age.exitstatus == 0, age.before
+    out = tmp_path / "out"
+    out.mkdir()
+    run("tar", "-xf", str(plain), "-C", str(out), check=True)
+    assert key_files(out) == key_files(backup_home)
+
+
+def test_restore_archives_made_by_hand_with_gnu_tar_and_age(recipient_archive, custodians,
+                                                            backup_home, tmp_path, fresh_cli):
+    identity, recipient = custodians[0]
+    # 1. An hsmsign backup unpacked, packed again with GNU tar (gzip, ./ names, real owner
+    #    names) and encrypted with the stock age: the manifest still vouches for every file.
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    run("bash", "-o", "pipefail", "-c",
+        f"age -d -i {identity} {recipient_archive} | tar -x -C {unpacked}", check=True)
+    by_hand = tmp_path / "by-hand.tar.age"
+    run("bash", "-o", "pipefail", "-c",
+        f"tar -czf - -C {unpacked} . | age -r {recipient} > {by_hand}", check=True)
+    out = json.loads(fresh_cli("backup", "restore", str(by_hand), "--identity", str(identity),
+                               "--json").stdout)
+    assert out["kind"] == "hsmsign" and {k["action"] for k in out["keys"]} == {"add"}
+    assert key_files(fresh_cli.home) == key_files(backup_home)
+
+    # 2. Docker's documented backup piped through age (armored): a trust dir, imported key
+    #    by key.
+    trust = tmp_path / "trust"
+    shutil.copytree(NOTARY / "trustdir-0.3", trust)
+    dct = tmp_path / "dct.tar.gz.age"
+    run("bash", "-o", "pipefail", "-c",
+        f"tar -czf - -C {trust} private | age -a -r {recipient} > {dct}", check=True)
+    other = Cli(tmp_path / "other", {**fresh_cli.env, **_passphrases("password")})
+    out = json.loads(other("backup", "restore", str(dct), "-i", str(identity), "--json").stdout)
+    assert out["kind"] == "trust dir"
+    assert sorted((k["role"], k["action"]) for k in out["keys"]) == [
+        ("releases", "add"), ("root", "add"), ("snapshot", "add"), ("targets", "add")]
+
+
+def _passphrases(value: str) -> dict[str, str]:
+    return {f"HSMSIGN_{r}_PASSPHRASE": value
+            for r in ("ROOT", "TARGETS", "SNAPSHOT", "TIMESTAMP", "DELEGATION")}
+
+
+# -- migration from Docker Content Trust ---------------------------------------------------
+
+
+def test_dct_migration_from_dockers_documented_tar_gz(tmp_path, no_token_env):
+    """`umask 077; tar -zcvf private_keys_backup.tar.gz ~/.docker/trust/private`, run as the
+    Docker docs say, on a trust dir written by notary; restored into an empty home."""
+    user = tmp_path / "user"
+    shutil.copytree(NOTARY / "trustdir-0.3", user / ".docker" / "trust")
+    done = run("bash", "-c", "cd ~ && umask 077 && "
+               "tar -zcvf private_keys_backup.tar.gz ~/.docker/trust/private",
+               env={"HOME": str(user), "PATH": os.environ["PATH"]}, text=True)
+    assert done.returncode == 0, done.stderr
+    archive = user / "private_keys_backup.tar.gz"
+    cli = Cli(tmp_path / "home", {**no_token_env, **_passphrases("password")})
+
+    plan = json.loads(cli("backup", "restore", str(archive), "--dry-run", "--json").stdout)
+    assert plan["dry_run"] and plan["written"] == []
+    assert tree_digest(tmp_path / "home") == {}
+
+    out = json.loads(cli("backup", "restore", str(archive), "--json").stdout)
+    keys = {(k["role"], k["gun"], k["algorithm"], k["action"]) for k in out["keys"]}
+    assert keys == {("root", None, "ecdsa-p256", "add"),
+                    ("targets", "docker.com/notary0.3/tst", "ecdsa-p256", "add"),
+                    ("snapshot", "docker.com/notary0.3/tst", "ecdsa-p256", "add"),
+                    ("releases", None, "rsa-2048", "add")}
+    assert all(".docker/trust/private/" in k["source"] for k in out["keys"])
+    listed = json.loads(cli("key", "list", "--json").stdout)
+    assert {r["keyid"] for r in listed} == {k["keyid"] for k in out["keys"]}
+    # Imported keys keep notary's passphrase: the export decrypts with it.
+    targets = next(r for r in listed if r["role"] == "targets")
+    cli("key", "export", targets["keyid"], "--private", "--format", "notary",
+        "-o", str(tmp_path / "t.key"))
+    # Again: everything is already there.
+    again = json.loads(cli("backup", "restore", str(archive), "--json").stdout)
+    assert {k["action"] for k in again["keys"]} == {"already present"}
+
+
+def test_dct_migration_of_a_notary_0_1_plain_tar(tmp_path, no_token_env):
+    tar = tmp_path / "trust-0.1.tar"
+    run("tar", "-cf", str(tar), "-C", str(NOTARY / "trustdir-0.1"), ".", check=True)
+    cli = Cli(tmp_path / "home", {**no_token_env, **_passphrases("randompass")})
+    out = json.loads(cli("backup", "restore", str(tar), "--json").stdout)
+    assert {(k["role"], k["gun"]) for k in out["keys"]} == {
+        ("root", None), ("targets", "docker.com/notary0.1/samplerepo"),
+        ("snapshot", "docker.com/notary0.1/samplerepo")}
+    # A wrong passphrase for one role: nothing at all is imported.
+    other = Cli(tmp_path / "other", {**cli.env, "HSMSIGN_SNAPSHOT_PASSPHRASE": "wrong"})
+    error = other.fails("backup", "restore", str(tar)).error_lines[0]
+    assert "wrong passphrase" in error and "snapshot" in error
+    assert tree_digest(tmp_path / "other") == {}
+
+
+# -- restore plans -------------------------------------------------------------------------
+
+
+def test_restore_plan_added_identical_conflict_and_force(recipient_archive, custodians,
+                                                         backup_home, tmp_path, no_token_env):
+    home = tmp_path / "home"
+    shutil.copytree(backup_home, home)
+    cli = Cli(home, dict(no_token_env))
+    identity = str(custodians[1][0])
+    records = {r["role"]: r for r in json.loads(cli("key", "list", "--json").stdout)}
+    # One key gone (to be added), one re-encrypted under another passphrase (a conflict).
+    cli("key", "remove", records["snapshot"]["keyid"], "--force")
+    cli("key", "passwd", records["targets"]["keyid"],
+        env={"HSMSIGN_NEW_PASSPHRASE": "another passphrase"})
+    before = tree_digest(home)
+
+    refused = cli.fails("backup", "restore", str(recipient_archive), "-i", identity)
+    assert "conflict" in refused.error_lines[0] and "--force" in refused.error_lines[0]
+    assert records["targets"]["keyid"][:12] in refused.error_lines[0]
+    assert "CONFLICT" in refused.stdout  # the plan is shown before the error
+    assert tree_digest(home) == before
+
+    plan = json.loads(cli("backup", "restore", str(recipient_archive), "-i", identity,
+                          "--dry-run", "--json").stdout)
+    actions = {k["role"]: k["action"] for k in plan["keys"]}
+    assert actions == {"snapshot": "add", "targets": "conflict", "root": "identical",
+                       "timestamp": "identical", "releases": "identical"}
+    assert tree_digest(home) == before
+
+    done = json.loads(cli("backup", "restore", str(recipient_archive), "-i", identity,
+                          "--force", "--json").stdout)
+    assert {k["role"]: k["action"] for k in done["keys"]}["targets"] == "replace"
+    assert sorted(done["written"]) == sorted([
+        f"private/{records['snapshot']['keyid']}.key", f"public/{records['snapshot']['keyid']}.pub",
+        f"private/{records['targets']['keyid']}.key"])
+    assert key_files(home) == key_files(backup_home)
+    assert not [p for p in home.iterdir() if p.name.startswith(".")]
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+def test_verify_lists_the_keys_and_checks_passphrases(recipient_archive, custodians,
+                                                      backup_home, tmp_path, no_token_env):
+    cli = Cli(tmp_path / "nowhere", dict(no_token_env))
+    identity = str(custodians[0][0])
+    out = json.loads(cli("backup", "verify", str(recipient_archive), "-i", identity,
+                         "--json").stdout)
+    assert out["encryption"] == "recipients" and out["key_count"] == 5
+    assert out["members"] == 11  # the manifest, 5 key files, 5 public keys
+    assert {k["keyid"] for k in out["keys"]} == {p.name[:-4] for p in (backup_home / "private").iterdir()}
+    table = cli("backup", "verify", str(recipient_archive), "-i", identity)
+    assert "KEY ID" in table.stdout and "ok, 5 file key(s)" in table.stderr
+
+    checked = json.loads(cli("backup", "verify", str(recipient_archive), "-i", identity,
+                             "--check-passphrases", "--json").stdout)
+    assert checked["passphrases_checked"] is True
+    wrong = cli.fails("backup", "verify", str(recipient_archive), "-i", identity,
+                      "--check-passphrases", env={"HSMSIGN_TIMESTAMP_PASSPHRASE": "nope nope"})
+    assert "wrong passphrase for timestamp key" in wrong.error_lines[0]
+    assert "HSMSIGN_TIMESTAMP_PASSPHRASE" in wrong.error_lines[0]
+    # Recipients without an identity, and a plain tar given to verify.
+    assert "--identity" in cli.fails("backup", "verify", str(recipient_archive)).error_lines[0]
+    plain = tmp_path / "plain.tar"
+    run("tar", "-cf", str(plain), "-C", str(backup_home), "private", check=True)
+    assert "not an hsmsign backup" in cli.fails("backup", "verify", str(plain)).error_lines[0]
+    assert not (tmp_path / "nowhere").exists()
+
+
+# -- hardware keys -------------------------------------------------------------------------
+
+
+def test_hardware_keys_are_listed_not_exported(cli, home, tmp_path, custodians, softhsm):
+    token_key = json.loads(cli("key", "generate", "root", "--store", "token", "--json").stdout)
+    file_key = json.loads(cli("key", "generate", "timestamp", "--store", "file", "--json").stdout)
+    (tmp_path / "usb").mkdir()
+    out = json.loads(cli("backup", "create", "-o", str(tmp_path / "usb"), "-r", custodians[0][1],
+                         "--json").stdout)
+    assert out["key_count"] == 1 and out["hardware_key_count"] >= 1
+    archive = out["archives"][0]["path"]
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    run("bash", "-o", "pipefail", "-c",
+        f"age -d -i {custodians[0][0]} {archive} | tar -x -C {unpacked}", check=True)
+    manifest = json.loads((unpacked / "MANIFEST.json").read_text())
+    entry = next(k for k in manifest["keys"] if k["keyid"] == token_key["keyid"])
+    assert entry["exported"] is False and entry["store"] == "token" and entry["role"] == "root"
+    assert softhsm.label in entry["location"] and entry["slot"] is not None
+    assert "cannot leave its token" in entry["note"]
+    assert not (unpacked / "private" / f"{token_key['keyid']}.key").exists()
+    assert sorted(os.listdir(unpacked / "private")) == [f"{file_key['keyid']}.key"]
+    text = cli("backup", "create", "-o", str(tmp_path / "usb" / "second.tar.age"), "-r",
+               custodians[0][1]).stderr
+    assert f"not exported: root key {token_key['keyid']}" in text
+    plan = json.loads(cli("backup", "restore", archive, "-i", str(custodians[0][0]), "--dry-run",
+                          "--json").stdout)
+    assert {k["keyid"]: k["action"] for k in plan["keys"]}[token_key["keyid"]] == "hardware"
+    cli("key", "remove", token_key["keyid"], "--force")  # the session's token is shared
+
+
+# -- bad destinations and input ------------------------------------------------------------
+
+
+def test_bad_destinations_are_refused_and_change_nothing(backup_home, tmp_path, no_token_env,
+                                                         custodians):
+    cli = Cli(backup_home, {**no_token_env, "HSMSIGN_BACKUP_PASSPHRASE": BACKUP_PASSPHRASE})
+    recipient = custodians[0][1]
+    # A recipients file holding an identity by mistake (secrets stay out of argv, tests too).
+    identity_text = next(line for line in custodians[0][0].read_text().splitlines()
+                         if line.startswith("AGE-SECRET-KEY-"))
+    mistaken = tmp_path / "recipients.txt"
+    mistaken.write_text(identity_text + "\n")
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    (usb / "taken.tar.age").write_bytes(b"an older backup")
+    home_before, usb_before = tree_digest(backup_home), tree_digest(usb)
+    cases = [
+        (["-o", str(backup_home)], "inside the home"),
+        (["-o", str(backup_home / "private" / "x.tar.age")], "inside the home"),
+        (["-o", str(tmp_path / "not-mounted" / "x.tar.age")], "does not exist"),
+        (["-o", str(usb / "taken.tar.age")], "already exists"),
+        (["-o", str(usb), "-o", str(tmp_path / ".." / tmp_path.name / "usb")], "given twice"),
+        (["-o", str(usb), "-r", "age1notarecipient"], "not an age recipient"),
+        (["-o", str(usb), "-R", str(mistaken)], "that is an age identity (a secret key)"),
+        (["-o", "/dev/null", "--force"], "not a regular file"),
+    ]
+    for args, expected in cases:
+        result = cli.fails("backup", "create", *args, "-r", recipient)
+        assert expected in result.error_lines[0], (args, result.stderr)
+        assert identity_text not in result.stderr  # a secret given by mistake is not echoed
+    empty = Cli(tmp_path / "empty-home", dict(no_token_env))
+    assert "no file keys" in empty.fails("backup", "create", "-o", str(usb)).error_lines[0]
+    no_secret = Cli(backup_home, dict(no_token_env))
+    error = no_secret.fails("backup", "create", "-o", str(usb)).error_lines[0]
+    assert "HSMSIGN_BACKUP_PASSPHRASE" in error
+    assert tree_digest(backup_home) == home_before and tree_digest(usb) == usb_before
+    assert not (tmp_path / "empty-home").exists()
+    # --force replaces an existing file (atomically: the old one until the new is verified).
+    out = json.loads(cli("backup", "create", "-o", str(usb / "taken.tar.age"), "-r", recipient,
+                         "--force", "--json").stdout)
+    assert (usb / "taken.tar.age").read_bytes() != b"an older backup"
+    assert out["archives"][0]["size"] == (usb / "taken.tar.age").stat().st_size
+
+
+# -- a full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 KiB tmpfs (root may mount one); skipped where mounting is not permitted."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = run("mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount), text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({done.stderr.strip()}); "
+                    "the full-disk case needs root or CAP_SYS_ADMIN")
+    try:
+        yield mount
+    finally:
+        run("umount", str(mount))
+
+
+def _fill(mount: Path, leave: int) -> None:
+    """Fill the file system until about `leave` bytes are free."""
+    free = shutil.disk_usage(mount).free
+    with open(mount / "filler", "wb") as f:
+        try:
+            f.write(b"\0" * max(0, free - leave))
+        except OSError:
+            pass
+
+
+def test_full_destination_leaves_no_partial_archive_anywhere(recipient_archive, backup_home,
+                                                             tmp_path, tiny_fs, custodians,
+                                                             no_token_env):
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    _fill(tiny_fs, 8192)
+    full_before, usb_before = tree_digest(tiny_fs), tree_digest(usb)
+    cli = Cli(backup_home, dict(no_token_env))
+    result = cli.fails("backup", "create", "-o", str(usb), "-o", str(tiny_fs),
+                       "-r", custodians[0][1])
+    assert "no space left" in result.error_lines[0] and str(tiny_fs) in result.error_lines[0]
+    assert tree_digest(tiny_fs) == full_before and tree_digest(usb) == usb_before
+
+
+def test_full_home_disk_restores_nothing(recipient_archive, custodians, tiny_fs, no_token_env):
+    home = tiny_fs / "home"
+    _fill(tiny_fs, 12288)
+    before = tree_digest(tiny_fs)
+    cli = Cli(home, dict(no_token_env))
+    result = cli.fails("backup", "restore", str(recipient_archive), "-i", str(custodians[0][0]))
+    assert "no space left" in result.error_lines[0] and "nothing was restored" in result.error_lines[0]
+    assert tree_digest(tiny_fs) == before
+
+
+# -- many keys: the progress bar -----------------------------------------------------------
+
+
+def test_progress_bar_on_a_terminal_for_many_keys(backup_home, tmp_path, no_token_env,
+                                                  custodians):
+    """60 key files (copies of one real file under made-up IDs: the bar counts files)."""
+    home = tmp_path / "home"
+    (home / "private").mkdir(parents=True)
+    source = next((backup_home / "private").iterdir()).read_bytes()
+    for n in range(60):
+        (home / "private" / f"{n:064x}.key").write_bytes(source)
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    child = pexpect.spawn(sys.executable, ["-m", "hsmsign", "--home", str(home), "backup",
+                                           "create", "-o", str(usb), "-r", custodians[0][1]],
+                          env={**no_token_env, "TERM": "xterm"}, encoding="utf-8",
+                          timeout=60, dimensions=(40, 160))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "Reading key files" in child.before and "60/60" in child.before
+    assert "Backed up 60 file key(s)" in child.before
+    # Not on a terminal: no bar, just the result.
+    quiet = Cli(home, dict(no_token_env))("backup", "create", "-o", str(usb / "2.tar.age"), "-r",
+                                          custodians[0][1])
+    assert "Reading key files" not in quiet.stderr
