@@ -73,10 +73,10 @@ def updater(repo_path: Path, server: Server, client_dir: Path) -> Updater:
                    bootstrap=(repo_path / "metadata" / "1.root.json").read_bytes())
 
 
-def keyid_of(cli: Cli, role: str, store: str | None = None) -> str:
-    records = json.loads(cli("key", "list", "--json").stdout)
-    return next(r["keyid"] for r in records
-                if r["role"] == role and (store is None or r["store"] == store))
+def keyid_of(cli: Cli, repo_path: Path, role: str) -> str:
+    """The (first) key of `role` in the repository's metadata: the token holds other tests' keys."""
+    roles = json.loads(cli("repo", "status", str(repo_path), "--json").stdout)["roles"]
+    return next(r for r in roles if r["role"] == role)["keys"][0]["keyid"]
 
 
 def test_init_layout_and_defaults(repo):
@@ -128,14 +128,14 @@ def test_client_end_to_end_with_delegation_and_rotations(repo, server, tmp_path)
     assert up.get_targetinfo("nope") is None
 
     # Root rotation: a new root key on the token replaces the old one.
-    old_root = keyid_of(cli, "root")
+    old_root = keyid_of(cli, path, "root")
     new_root = json.loads(cli("key", "generate", "root", "--store", "token", "--json").stdout)["keyid"]
     out = cli("rotate", str(path), "root", "--add-key", new_root, "--remove-key", old_root, "--json")
     signing = {s["role"]: s for s in json.loads(out.stdout)["signing"]}
     assert signing["root"]["valid_signatures"] == [new_root]
     assert signing["root (previous keys)"]["valid_signatures"] == [old_root]
     # Targets key rotation: a new file key.
-    old_targets = keyid_of(cli, "targets")
+    old_targets = keyid_of(cli, path, "targets")
     new_targets = json.loads(cli("key", "generate", "targets", "--json").stdout)["keyid"]
     cli("rotate", str(path), "targets", "--add-key", new_targets, "--remove-key", old_targets)
     cli("repo", "verify", str(path))
@@ -263,7 +263,7 @@ def test_manifest_json_and_csv_list_and_remove(repo, tmp_path):
     assert listed["v1/app.tar.gz"]["custom"] == {"tag": "v1"}
     assert listed["v3/app.tar.gz"]["hashes"] == {"sha256": "3" * 64}
     status = cli("repo", "status", str(path)).stdout
-    targets_key = keyid_of(cli, "targets")
+    targets_key = keyid_of(cli, path, "targets")
     row = next(l for l in status.splitlines() if l.startswith("v1/app.tar.gz"))
     assert row.split()[1:] == ["1" * 64, "targets", targets_key[:7]]  # who signed each target
     assert f"targets (threshold 1)  {targets_key}" in status
@@ -323,7 +323,7 @@ def test_bad_input_changes_nothing(repo, tmp_path):
         assert expected in result.error_lines[0], (args, result.stderr)
         assert tree_digest(path) == before, args
     # A role with one key cannot lose it through rotation.
-    targets_key = keyid_of(cli, "targets")
+    targets_key = keyid_of(cli, path, "targets")
     assert "threshold" in cli.fails("rotate", str(path), "targets", "--remove-key",
                                     targets_key).error_lines[0]
     assert tree_digest(path) == before
