@@ -195,7 +195,7 @@ class Pkcs11KeyStore:
         self._session = None
         self._logged_in = False
         self._keys: dict[str, _TokenKey] | None = None
-        self._private_handles: dict[str, Any] = {}  # keyid -> key object of the logged-in session
+        self._signing_functions: dict[str, Any] = {}  # keyid -> signing function (logged-in session)
 
     # -- finding the token -------------------------------------------------------------
 
@@ -313,7 +313,7 @@ class Pkcs11KeyStore:
             self._session.close()
         self._session = session
         self._logged_in = True
-        self._private_handles.clear()
+        self._signing_functions.clear()
         return session
 
     def login(self) -> None:
@@ -349,7 +349,7 @@ class Pkcs11KeyStore:
             finally:
                 self._session = None
                 self._logged_in = False
-                self._private_handles.clear()
+                self._signing_functions.clear()
 
     # -- keys --------------------------------------------------------------------------
 
@@ -483,34 +483,42 @@ class Pkcs11KeyStore:
         for obj in list(session.get_objects({Attribute.ID: cka_id})):
             obj.destroy()
         self._keys = None
-        self._private_handles.pop(keyid, None)
+        self._signing_functions.pop(keyid, None)
 
     def sign(self, keyid: str, payload: bytes) -> bytes:
         """A signature over `payload` in the encoding TUF expects, made on the token."""
+        sign = self._signing_functions.get(keyid)
+        if sign is None:
+            sign = self._signing_functions[keyid] = self._signing_function(keyid)
+        return sign(payload)
+
+    def _signing_function(self, keyid: str):
+        """payload -> signature for one key, with everything but the token call done once."""
         from pkcs11 import MGF, Mechanism, ObjectClass
 
         token_key = self._get(keyid)
-        private = self._private_handles.get(keyid)
-        if private is None:
-            session = self._login()
-            private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=token_key.cka_id)
-            self._private_handles[keyid] = private
+        private = self._login().get_key(object_class=ObjectClass.PRIVATE_KEY, id=token_key.cka_id)
         alg = token_key.algorithm
         if alg.keytype == "ecdsa":
             # SoftHSM 2.6 has no CKM_ECDSA_SHA256: hash here, sign the digest, DER-encode r||s.
             from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-            digest = hashlib.new(_EC_HASH[alg.curve], payload).digest()
-            raw = private.sign(digest, mechanism=Mechanism.ECDSA)
-            half = len(raw) // 2
-            return encode_dss_signature(int.from_bytes(raw[:half], "big"),
-                                        int.from_bytes(raw[half:], "big"))
+            new_hash = getattr(hashlib, _EC_HASH[alg.curve])
+            ecdsa = Mechanism.ECDSA
+            from_bytes = int.from_bytes
+
+            def sign_ecdsa(payload: bytes) -> bytes:
+                raw = private.sign(new_hash(payload).digest(), mechanism=ecdsa)
+                half = len(raw) // 2
+                return encode_dss_signature(from_bytes(raw[:half], "big"), from_bytes(raw[half:], "big"))
+            return sign_ecdsa
         if alg.keytype == "ed25519":
-            return private.sign(payload, mechanism=Mechanism.EDDSA)
+            return lambda payload: private.sign(payload, mechanism=Mechanism.EDDSA)
         if alg.keytype == "rsa":
-            digest = hashlib.sha256(payload).digest()
-            return private.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS,
-                                mechanism_param=(Mechanism.SHA256, MGF.SHA256, 32))
+            params = (Mechanism.SHA256, MGF.SHA256, 32)
+            return lambda payload: private.sign(hashlib.sha256(payload).digest(),
+                                                mechanism=Mechanism.RSA_PKCS_PSS,
+                                                mechanism_param=params)
         raise HsmsignError(f"cannot sign with {alg.name} keys")  # pragma: no cover
 
 
