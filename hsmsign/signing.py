@@ -197,22 +197,35 @@ class SigningService:
         `counted` are the keys whose valid signatures count towards `threshold` (default
         `keys`); root rotation signs with old and new keys but counts them separately.
         """
-        counted = keys if counted is None else counted
-        report = SigningReport(role, md.signed.version, threshold, sorted(counted))
-        data = md.signed_bytes  # canonical JSON, computed once: it dominates for big roles
-        already = set(valid_signers(md, keys, data))
-        for keyid in self.available(sorted(keys)):
-            if keyid in already:
-                continue  # already signed by this key (e.g. `sign` run twice)
-            signature = self.signer(keyid, keys[keyid]).sign(data)
-            try:
-                keys[keyid].verify_signature(signature, data)
-            except Exception:  # noqa: BLE001
-                raise HsmsignError(
-                    f"the signature key {keyid[:7]} made for {role} does not verify; "
-                    "nothing was written"
-                ) from None
-            md.signatures[keyid] = signature
-            report.signed_here.append(keyid)
-        report.valid = valid_signers(md, counted, data)
-        return report
+        return self.sign_many([(md, role, keys, threshold, counted)])[0]
+
+    def sign_many(self, items) -> list[SigningReport]:
+        """`sign` for many metadata objects: `(md, role, keys, threshold[, counted])` each.
+
+        Every new signature is checked against the role's public key before it is kept (one
+        ECDSA verification costs about as much as the token's signature), and each signature
+        is verified once: the report reuses what the check found.
+        """
+        reports = []
+        for md, role, keys, threshold, *rest in items:
+            counted = rest[0] if rest and rest[0] is not None else keys
+            data = md.signed_bytes  # canonical JSON once: it dominates for big roles
+            verified = set(valid_signers(md, {**keys, **counted}, data))
+            report = SigningReport(role, md.signed.version, threshold, sorted(counted))
+            for keyid in self.available(sorted(keys)):
+                if keyid in verified:
+                    continue  # already signed by this key (e.g. `sign` run twice)
+                signature = self.signer(keyid, keys[keyid]).sign(data)
+                try:
+                    keys[keyid].verify_signature(signature, data)
+                except Exception:  # noqa: BLE001
+                    raise HsmsignError(
+                        f"the signature key {keyid[:7]} made for {role} does not verify; "
+                        "nothing was written"
+                    ) from None
+                md.signatures[keyid] = signature
+                report.signed_here.append(keyid)
+                verified.add(keyid)
+            report.valid = [k for k in sorted(counted) if k in verified]
+            reports.append(report)
+        return reports
