@@ -1,5 +1,5 @@
 """The `hsmsign` command line. Subcommand modules are imported only when they run, so that
-`hsmsign --help` stays fast (see bench/startup.py)."""
+`hsmsign --help` stays fast (see bench/bench_startup.py)."""
 
 from __future__ import annotations
 
