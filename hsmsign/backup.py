@@ -686,7 +686,8 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
             os.replace(tmp, target)
         for directory in {target.parent for _, target in staged}:
             fsync_dir(directory)
-    except OSError as e:
+    except BaseException as e:
+        # Undo: the staging area and every directory this restore created.
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
             staging = None
@@ -695,20 +696,12 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
                 directory.rmdir()
             except OSError:
                 pass
+        if not isinstance(e, OSError):
+            raise
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise HsmsignError(f"no space left in {home}; nothing was restored; free some "
                                "space and try again") from None
         raise HsmsignError(f"cannot write to {home}: {e.strerror}; nothing was restored") from None
-    except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging = None
-        for directory in reversed(created):
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
-        raise
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
