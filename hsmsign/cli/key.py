@@ -164,3 +164,41 @@ def passwd(app, keyid):
         app.emit_json(record.to_json())
     else:
         app.note(f"Changed the passphrase of {record.role} key {keyid}")
+
+
+@key.command()
+@click.argument("keyid")
+@click.option("--certificate", "attestation", required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The slot's attestation certificate (`ykman piv keys attest 9c FILE`).")
+@click.option("--intermediate", required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The device's attestation certificate (`ykman piv certificates export f9 FILE`).")
+@click.option("--trust-roots", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Extra attestation roots beside the bundled Yubico ones (e.g. a test CA).")
+@click.option("--repo", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Also require KEYID to be a root key of this repository's current root.")
+@common_options
+@pass_app
+def attest(app, keyid, attestation, intermediate, trust_roots, repo):
+    """Verify a YubiKey attestation and that it attests KEYID (the key in the metadata)."""
+    from hsmsign.errors import HsmsignError
+    from hsmsign.keystore.attestation import read_trust_roots, verify_attestation
+
+    keyid = app.stores.resolve(keyid) if len(keyid) < 64 else keyid.lower()
+    if repo is not None:
+        repository = app.repository(repo, signing=False)
+        repository.require()
+        root_keys, _ = repository.role_keys("root", repository.open("root"))
+        if keyid not in root_keys:
+            raise HsmsignError(f"key {keyid[:16]}... is not a root key of {repo}")
+    extra = read_trust_roots(trust_roots) if trust_roots else []
+    result = verify_attestation(attestation.read_bytes(), intermediate.read_bytes(), keyid,
+                                extra_trust=extra)
+    if app.json:
+        app.emit_json(result.to_json())
+        return
+    app.table(["ATTESTED", ""], [
+        ["key ID", result.keyid], ["serial", str(result.serial)], ["firmware", str(result.firmware)],
+        ["PIN policy", str(result.pin_policy)], ["touch policy", str(result.touch_policy)],
+        ["form factor", str(result.form_factor)], ["chain", " <- ".join(result.chain)]], "")

@@ -1,0 +1,1 @@
+"""Data shipped with hsmsign (Yubico attestation roots)."""
