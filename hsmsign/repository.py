@@ -681,5 +681,5 @@ def _pattern_within(child: str, parent: str) -> bool:
     child_parts, parent_parts = child.split("/"), parent.split("/")
     if len(child_parts) != len(parent_parts):
         return False
-    return all(fnmatchcase(c, p) for c, p in zip(child_parts, parent_parts))
+    return all(fnmatchcase(c, p) for c, p in zip(child_parts, parent_parts, strict=True))
 
