@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
 import threading
 import time
@@ -366,3 +367,35 @@ def test_init_bad_arguments_generate_no_key(home, no_token_env, tmp_path):
                            (["--expires", "timestamp=0"], "positive number")):
         assert expected in cli.fails("repo", "init", str(tmp_path / "r"), *args).error_lines[0]
     assert tree_digest(home) == {} and not (tmp_path / "r").exists()
+
+
+def test_a_token_removed_mid_way_leaves_the_repository_unchanged(softhsm, tmp_path):
+    """The root token disappears between login and signature: a clear error, nothing written."""
+    import subprocess
+
+    from hsmsign.config import TokenConfig
+    from hsmsign.keystore.stores import KeyStores
+    from hsmsign.repository import HsmsignRepository
+    from hsmsign.secrets import Secrets
+    from hsmsign.signing import SigningService
+
+    softhsm.add_token("removable")
+    env = clean_environ(**{**softhsm.env(), **passphrase_env(), "HSMSIGN_TOKEN_LABEL": "removable"})
+    path = tmp_path / "repo"
+    Cli(tmp_path / "home", env)("repo", "init", str(path))
+    before = tree_digest(path)
+    stores = KeyStores(tmp_path / "home", Secrets(environ=env),
+                       TokenConfig(module=softhsm.module, label="removable", explicit=True))
+    try:
+        stores.token.login()  # the token was there when the command started
+        subprocess.run(["softhsm2-util", "--delete-token", "--token", "removable"], check=True,
+                       capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(softhsm.conf)})
+        repo = HsmsignRepository(path, SigningService(stores))
+        from hsmsign.errors import HsmsignError
+
+        with pytest.raises(HsmsignError, match="the token stopped answering while"):
+            repo.refresh(["root"], 400)
+            repo.commit()
+    finally:
+        stores.close()
+    assert tree_digest(path) == before

@@ -77,6 +77,20 @@ def _text(value: Any) -> str:
     return str(value).strip().rstrip("\x00").strip()
 
 
+_GONE = ("DeviceRemoved", "TokenNotPresent", "DeviceError", "GeneralError",
+         "SessionHandleInvalid", "SessionClosed", "ObjectHandleInvalid", "SlotIDInvalid")
+
+
+def _token_gone(error: Exception, doing: str) -> TokenError:
+    """The error for a token that vanished (unplugged, module restarted) while in use."""
+    return TokenError(f"the token stopped answering while {doing} ({type(error).__name__}: "
+                      "was it removed?); plug it in and run the command again")
+
+
+def _is_gone(error: Exception) -> bool:
+    return type(error).__name__ in _GONE
+
+
 def flag_names(flags: int) -> list[str]:
     from pkcs11 import TokenFlag
 
@@ -257,7 +271,13 @@ class Pkcs11KeyStore:
 
     def _token(self):
         # A fresh token object: its flags (PIN tries) are read when it is made.
-        return self._find_slot().get_token()
+        slot = self._find_slot()
+        try:
+            return slot.get_token()
+        except Exception as e:
+            if _is_gone(e):
+                raise _token_gone(e, "reading the token") from None
+            raise
 
     @property
     def token_name(self) -> str:
@@ -488,9 +508,15 @@ class Pkcs11KeyStore:
     def sign(self, keyid: str, payload: bytes) -> bytes:
         """A signature over `payload` in the encoding TUF expects, made on the token."""
         sign = self._signing_functions.get(keyid)
-        if sign is None:
-            sign = self._signing_functions[keyid] = self._signing_function(keyid)
-        return sign(payload)
+        try:
+            if sign is None:
+                sign = self._signing_functions[keyid] = self._signing_function(keyid)
+            return sign(payload)
+        except Exception as e:
+            if not _is_gone(e):
+                raise
+            self._signing_functions.pop(keyid, None)
+            raise _token_gone(e, f"signing with key {keyid[:7]}") from None
 
     def _signing_function(self, keyid: str):
         """payload -> signature for one key, with everything but the token call done once."""
