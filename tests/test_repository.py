@@ -387,6 +387,7 @@ def test_a_token_removed_mid_way_leaves_the_repository_unchanged(softhsm, tmp_pa
     stores = KeyStores(tmp_path / "home", Secrets(environ=env),
                        TokenConfig(module=softhsm.module, label="removable", explicit=True))
     try:
+        stores.token.rescan()  # this process loaded SoftHSM before the token existed
         stores.token.login()  # the token was there when the command started
         subprocess.run(["softhsm2-util", "--delete-token", "--token", "removable"], check=True,
                        capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(softhsm.conf)})
@@ -397,5 +398,6 @@ def test_a_token_removed_mid_way_leaves_the_repository_unchanged(softhsm, tmp_pa
             repo.refresh(["root"], 400)
             repo.commit()
     finally:
+        stores.token.rescan()  # leave this process's SoftHSM without the deleted token
         stores.close()
     assert tree_digest(path) == before

@@ -63,12 +63,24 @@ def _present_slots(lib, module: str) -> list:
     import pkcs11
 
     try:
-        return list(lib.get_slots(token_present=True))
+        slots = list(lib.get_slots(token_present=True))
+        return [slot for slot in slots if _answers(slot)]
     except pkcs11.PKCS11Error as e:
         raise TokenError(
             f"PKCS#11 module {module} cannot list its slots ({type(e).__name__}); is the "
             "reader service (pcscd) running and the device plugged in?"
         ) from None
+
+
+def _answers(slot) -> bool:
+    """A slot whose token can be read (one being removed right now cannot)."""
+    try:
+        slot.get_token()
+        return True
+    except Exception as e:  # noqa: BLE001
+        if _is_gone(e):
+            return False
+        raise
 
 
 def _text(value: Any) -> str:
