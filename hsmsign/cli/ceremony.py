@@ -50,6 +50,18 @@ class TerminalCeremonyUI:
         return click.prompt(question, err=True, prompt_suffix=" ")
 
 
+def _plan_and_ui(plan_file, threshold, tokens, backup_to, allow_network):
+    """The plan (the command line winning over the file) and the terminal's UI."""
+    from hsmsign.ceremony import load_plan
+    from hsmsign.errors import HsmsignError
+
+    if plan_file is None and (threshold is None or tokens is None):
+        raise HsmsignError("give --plan FILE, or --threshold K and --tokens N")
+    plan = load_plan(plan_file, threshold=threshold, tokens=tokens, backup_to=backup_to,
+                     allow_network=allow_network)
+    return plan, TerminalCeremonyUI(interactive=sys.stdin.isatty())
+
+
 def _run(app, run, stopped: str) -> dict:
     """Run a ceremony; on failure, list what it made on tokens (that cannot be undone)."""
     from hsmsign.errors import HsmsignError
@@ -83,14 +95,9 @@ def ceremony():
 @pass_app
 def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network):
     """Create a new TUF root with one key per custodian token, step by step."""
-    from hsmsign.ceremony import RootCeremony, load_plan
-    from hsmsign.errors import HsmsignError
+    from hsmsign.ceremony import RootCeremony
 
-    if plan_file is None and (threshold is None or tokens is None):
-        raise HsmsignError("give --plan FILE, or --threshold K and --tokens N")
-    plan = load_plan(plan_file, threshold=threshold, tokens=tokens, backup_to=list(backup_to),
-                     allow_network=allow_network)
-    ui = TerminalCeremonyUI(interactive=sys.stdin.isatty())
+    plan, ui = _plan_and_ui(plan_file, threshold, tokens, list(backup_to), allow_network)
     result = _run(app, RootCeremony(repo, app.home, plan, ui, app.secrets, force=app.force),
                   f"ceremony stopped; nothing was written to {repo} or the home")
     if app.json:
@@ -113,14 +120,9 @@ def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network):
 @pass_app
 def rotate_root(app, repo, plan_file, threshold, tokens, allow_network):
     """Replace root keys (a custodian leaves, a token is lost), signed by old and new keys."""
-    from hsmsign.ceremony import RootRotation, load_plan
-    from hsmsign.errors import HsmsignError
+    from hsmsign.ceremony import RootRotation
 
-    if plan_file is None and (threshold is None or tokens is None):
-        raise HsmsignError("give --plan FILE, or --threshold K and --tokens N")
-    plan = load_plan(plan_file, threshold=threshold, tokens=tokens, backup_to=[],
-                     allow_network=allow_network)
-    ui = TerminalCeremonyUI(interactive=sys.stdin.isatty())
+    plan, ui = _plan_and_ui(plan_file, threshold, tokens, [], allow_network)
     result = _run(app, RootRotation(repo, app.home, plan, ui, app.secrets, force=app.force),
                   f"rotation stopped; {repo} is unchanged")
     if app.json:
