@@ -88,6 +88,12 @@ _TARGET_PATH = re.compile(r"^[^/\\\x00][^\\\x00]*$")
 
 def check_target_path(path: str) -> str:
     """A target path as TUF expects it: relative, '/'-separated, no '..' segments."""
+    # Fast path (a manifest's 100,000 paths are each checked twice): no backslash or NUL, no
+    # '/' first or last, no '//' and no segment starting with '.' is valid; the rest is
+    # checked in full below.
+    if (isinstance(path, str) and path and path[0] not in "/." and path[-1] != "/"
+            and "//" not in path and "/." not in path and "\\" not in path and "\x00" not in path):
+        return path
     if not path or not _TARGET_PATH.match(path) or path.endswith("/") or any(
         part in ("", ".", "..") for part in path.split("/")
     ):
