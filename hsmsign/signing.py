@@ -54,6 +54,27 @@ class TokenSigner(Signer):
         return HsmsignSigner.from_priv_key_uri(priv_key_uri, public_key, secrets_handler)
 
 
+class YubiKeySigner(Signer):
+    """Signs in a YubiKey PIV slot: the PIN is asked once per process, the touch prompt goes
+    to the CLI through the store's `notify`."""
+
+    def __init__(self, store, keyid: str, public_key: Key | None = None):
+        self.store = store
+        self.keyid = keyid
+        self._public_key = public_key or tuf_key(store.public_key(keyid))
+
+    @property
+    def public_key(self) -> Key:
+        return self._public_key
+
+    def sign(self, payload: bytes) -> Signature:
+        return Signature(self._public_key.keyid, self.store.sign(self.keyid, payload).hex())
+
+    @classmethod
+    def from_priv_key_uri(cls, priv_key_uri, public_key, secrets_handler=None):  # pragma: no cover
+        return HsmsignSigner.from_priv_key_uri(priv_key_uri, public_key, secrets_handler)
+
+
 class FileSigner(Signer):
     """Signs with an encrypted key file, decrypted on first use and kept for the process."""
 
@@ -82,6 +103,8 @@ def signer_for(stores: KeyStores, keyid: str, public_key: Key | None = None) -> 
     record = stores.locate(keyid)[0]
     if public_key is not None and public_key.keyid != keyid:
         raise HsmsignError(f"public key {public_key.keyid} does not belong to key {keyid}")
+    if record.store == "yubikey":
+        return YubiKeySigner(stores.yubikey, keyid, public_key)
     if record.store == "token":
         return TokenSigner(stores.token, keyid, public_key)
     return FileSigner(stores.files, keyid, public_key)

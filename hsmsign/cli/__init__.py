@@ -12,7 +12,7 @@ from hsmsign.cli.context import AppContext, common_options
 # name -> (module, attribute, one-line help shown by `hsmsign --help`)
 COMMANDS = {
     "key": ("hsmsign.cli.key", "key", "Generate, list, import, export and remove signing keys."),
-    "token": ("hsmsign.cli.token", "token", "PKCS#11 tokens present."),
+    "token": ("hsmsign.cli.token", "token", "YubiKeys and PKCS#11 tokens: list, set up, reset."),
     "repo": ("hsmsign.cli.repo", "repo", "Create, inspect, verify and refresh a TUF repository."),
     "target": ("hsmsign.cli.target", "target", "Add, remove and list targets."),
     "delegation": ("hsmsign.cli.delegation", "delegation", "Delegate targets to other keys."),

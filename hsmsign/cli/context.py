@@ -52,7 +52,10 @@ class AppContext:
             from hsmsign.keystore.stores import KeyStores
 
             config = load_token_config(self.home, module=self.pkcs11_module)
-            self._stores = KeyStores(self.home, self.secrets, config, force=self.force)
+            # notify: the YubiKey touch prompt and factory-default warnings reach the person even
+            # when stdin is not a terminal (PIN from HSMSIGN_PIN in a script).
+            self._stores = KeyStores(self.home, self.secrets, config, force=self.force,
+                                     notify=self.note)
         return self._stores
 
     def close(self) -> None:
@@ -124,12 +127,14 @@ class AppContext:
             return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, header_style="bold", pad_edge=False)
         for column in columns:
             table.add_column(column, no_wrap=True)
         for row in rows:
-            table.add_row(*row)
+            # Text, not markup: a label or path with [brackets] is shown as it is.
+            table.add_row(*(Text(str(cell)) for cell in row))
         console = Console()
         if not console.is_terminal:
             console = Console(width=1000)  # whole lines for grep and scripts

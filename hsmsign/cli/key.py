@@ -11,6 +11,38 @@ from hsmsign.cli.context import common_options, pass_app
 from hsmsign.keys import ALGORITHMS, DEFAULT_ALGORITHM
 
 KEY_COLUMNS = ["ROLE", "GUN", "KEY ID", "ALGORITHM", "STORE", "LOCATION"]
+YUBIKEY_SLOTS = ["9a", "9c", "9d", "9e", *[f"{s:02x}" for s in range(0x82, 0x96)]]
+
+
+def _use_yubikey(app, serial: str | None) -> None:
+    """The YubiKey store for this command: `--serial`, and messages (touch, warnings) to stderr."""
+    yubikey = app.stores.yubikey
+    yubikey.notify = app.note
+    if serial is not None:
+        from hsmsign.keystore.yubikey import parse_serial
+
+        yubikey.serial = parse_serial(serial)
+
+
+def _import_from_file(app, role, keyid, store, options):
+    """The notary route: an existing file key goes into a YubiKey slot; the file stays."""
+    from hsmsign.errors import HsmsignError
+
+    if store not in ("auto", "yubikey"):
+        raise HsmsignError("--import-from-file puts a file key into a YubiKey: use --store yubikey")
+    stores = app.stores
+    keyid = stores.resolve(keyid)
+    if keyid not in stores.files.keyids():
+        raise HsmsignError(f"key {keyid} is not a file key; --import-from-file takes the key ID of "
+                           "an encrypted key file (`hsmsign key list`)")
+    file_record = stores.files.record(keyid)
+    if file_record.role != role:
+        raise HsmsignError(f"key {keyid[:7]} is a {file_record.role} key, not a {role} key")
+    stores.yubikey.require_present()
+    private = stores.files.private_key(keyid)
+    record = stores.yubikey.import_private(private, role, options)
+    return record, (f"imported from {stores.files.key_path(keyid)}, which stays as the "
+                    "encrypted backup")
 
 
 def _row(record) -> list[str]:
@@ -28,18 +60,38 @@ def key():
 @click.option("--gun", help="Globally unique name of the repository (DCT), e.g. docker.io/org/app.")
 @click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM,
               show_default=True)
-@click.option("--store", type=click.Choice(["auto", "file", "token"]), default="auto",
+@click.option("--store", type=click.Choice(["auto", "file", "token", "yubikey"]), default="auto",
               show_default=True,
-              help="auto: root on a hardware token when one is present, else a file.")
+              help="auto: root on a YubiKey or token when one is present, else a file.")
+@click.option("--slot", type=click.Choice(YUBIKEY_SLOTS), help="YubiKey PIV slot [default: 9c].")
+@click.option("--touch", type=click.Choice(["always", "cached", "never"]),
+              help="YubiKey touch policy [default: always].")
+@click.option("--pin-policy", type=click.Choice(["once", "always"]),
+              help="YubiKey PIN policy [default: once].")
+@click.option("--import-from-file", metavar="KEYID",
+              help="Put this file key into the YubiKey slot (its encrypted file stays as the backup) "
+                   "instead of generating the key on the device.")
+@click.option("--serial", help="The YubiKey to use when several are plugged in.")
 @common_options
 @pass_app
-def generate(app, role, gun, algorithm, store):
+def generate(app, role, gun, algorithm, store, slot, touch, pin_policy, import_from_file, serial):
     """Generate a new key for ROLE (root, targets, snapshot, timestamp or a delegation)."""
     from hsmsign.keys import algorithm as find_algorithm
     from hsmsign.keys import normalize_role
 
     role = normalize_role(role)
-    record, why = app.stores.generate(role, gun, find_algorithm(algorithm), store)
+    _use_yubikey(app, serial)
+    options = None
+    if slot or touch or pin_policy or import_from_file:
+        from hsmsign.keystore.yubikey import YubiKeyOptions
+
+        options = YubiKeyOptions(slot=slot or "9c", touch=touch or "always",
+                                 pin_policy=pin_policy or "once")
+    if import_from_file:
+        record, why = _import_from_file(app, role, import_from_file, store, options)
+    else:
+        record, why = app.stores.generate(role, gun, find_algorithm(algorithm), store,
+                                          yubikey=options)
     app.note(f"Generated {record.algorithm} {role} key {record.keyid}")
     app.note(f"  stored in {record.store} {record.location}")
     app.note(f"  because {why}")
@@ -54,6 +106,7 @@ def generate(app, role, gun, algorithm, store):
 @pass_app
 def list_(app):
     """Every key in every store; never asks for a passphrase."""
+    app.stores.yubikey.notify = None  # its warnings come with the listing
     listing = app.stores.list_keys()
     for warning in listing.warnings:
         app.note(f"warning: {warning}")
@@ -168,23 +221,30 @@ def passwd(app, keyid):
 
 @key.command()
 @click.argument("keyid")
-@click.option("--certificate", "attestation", required=True,
+@click.option("--certificate", "attestation",
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="The slot's attestation certificate (`ykman piv keys attest 9c FILE`).")
-@click.option("--intermediate", required=True,
+              help="The slot's attestation certificate (`ykman piv keys attest 9c FILE`); "
+                   "default: read from the YubiKey holding KEYID.")
+@click.option("--intermediate",
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="The device's attestation certificate (`ykman piv certificates export f9 FILE`).")
+              help="The device's attestation certificate (`ykman piv certificates export f9 FILE`); "
+                   "default: read from the YubiKey.")
 @click.option("--trust-roots", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Extra attestation roots beside the bundled Yubico ones (e.g. a test CA).")
 @click.option("--repo", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Also require KEYID to be a root key of this repository's current root.")
+@click.option("--serial", help="The YubiKey to read from when several are plugged in.")
 @common_options
 @pass_app
-def attest(app, keyid, attestation, intermediate, trust_roots, repo):
+def attest(app, keyid, attestation, intermediate, trust_roots, repo, serial):
     """Verify a YubiKey attestation and that it attests KEYID (the key in the metadata)."""
     from hsmsign.errors import HsmsignError
     from hsmsign.keystore.attestation import read_trust_roots, verify_attestation
 
+    if (attestation is None) != (intermediate is None):
+        raise HsmsignError("give both --certificate and --intermediate, or neither (then both "
+                           "are read from the YubiKey)")
+    _use_yubikey(app, serial)
     keyid = app.stores.resolve(keyid) if len(keyid) < 64 else keyid.lower()
     if repo is not None:
         repository = app.repository(repo, signing=False)
@@ -193,8 +253,17 @@ def attest(app, keyid, attestation, intermediate, trust_roots, repo):
         if keyid not in root_keys:
             raise HsmsignError(f"key {keyid[:16]}... is not a root key of {repo}")
     extra = read_trust_roots(trust_roots) if trust_roots else []
-    result = verify_attestation(attestation.read_bytes(), intermediate.read_bytes(), keyid,
-                                extra_trust=extra)
+    if attestation is None:
+        if keyid not in app.stores.yubikey.keyids():
+            raise HsmsignError(f"key {keyid[:16]}... is on no YubiKey plugged in; plug it in, or "
+                               "give --certificate and --intermediate")
+        slot_cert, device_cert, serial_read = app.stores.yubikey.attestation(keyid)
+    else:
+        slot_cert, device_cert, serial_read = attestation.read_bytes(), intermediate.read_bytes(), None
+    result = verify_attestation(slot_cert, device_cert, keyid, extra_trust=extra)
+    if serial_read is not None and result.serial is not None and result.serial != serial_read:
+        raise HsmsignError(f"the attestation names YubiKey {result.serial}, but it was read from "
+                           f"YubiKey {serial_read}")
     if app.json:
         app.emit_json(result.to_json())
         return

@@ -1,7 +1,8 @@
 """All the stores of one home together: listing, lookup by key ID, and store preference.
 
-Hardware comes first: `auto` puts root on a token when one is present, and when the same key
-is both on a token and in a file, the token signs.
+Hardware comes first: `auto` puts root on a YubiKey when one is plugged in, else on a token when
+one is present, and when the same key is in several stores, a YubiKey (its PIV route) signs
+before a PKCS#11 token, and a token before a file.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from hsmsign.errors import HsmsignError, NotFound
 from hsmsign.keys import KEYID_PREFIX_MIN, Algorithm, KeyRecord, generate_private_key
 from hsmsign.keystore.file import FileKeyStore
 from hsmsign.keystore.pkcs11 import Pkcs11KeyStore, TokenError
+from hsmsign.keystore.yubikey import YubiKeyError, YubiKeyOptions, YubiKeyStore
 from hsmsign.secrets import Secrets
 
-STORE_CHOICES = ("auto", "file", "token")
+STORE_CHOICES = ("auto", "file", "token", "yubikey")
 
 
 @dataclass
@@ -27,13 +29,19 @@ class Listing:
 
 class KeyStores:
     def __init__(self, home: Path, secrets: Secrets, token_config: TokenConfig, *,
-                 force: bool = False, kdf_iterations: int | None = None):
+                 force: bool = False, kdf_iterations: int | None = None,
+                 notify=None, yubikey_devices=None):
         self.home = home
         self.secrets = secrets
         self.files = (FileKeyStore(home, secrets) if kdf_iterations is None
                       else FileKeyStore(home, secrets, kdf_iterations=kdf_iterations))
         self.token_config = token_config
         self.token = Pkcs11KeyStore(token_config, secrets, force=force, home=home)
+        # YubiKeys through PIV; `notify` carries the touch prompt and warnings to the CLI.
+        if notify is None and secrets.prompter is not None:
+            notify = secrets.prompter.tell
+        self.yubikey = YubiKeyStore(secrets, home=home, force=force, devices=yubikey_devices,
+                                    notify=notify)
 
     def close(self) -> None:
         self.token.close()
@@ -46,8 +54,13 @@ class KeyStores:
             return False
         return self.token.is_present()
 
-    def hardware_stores(self) -> list[Pkcs11KeyStore]:
-        return [self.token] if self.token_available() else []
+    def yubikey_available(self) -> bool:
+        """A YubiKey is plugged in (and tokens are not switched off for this home)."""
+        return self.token_config.enabled and self.yubikey.is_present()
+
+    def hardware_stores(self) -> list:
+        yubikeys = [self.yubikey] if self.yubikey_available() else []
+        return [*yubikeys, *([self.token] if self.token_available() else [])]
 
     # -- listing and lookup ------------------------------------------------------------
 
@@ -61,12 +74,20 @@ class KeyStores:
                     self.token.require_present()  # raises the precise reason
         except TokenError as e:
             listing.warnings.append(f"token keys not listed: {e}")
+        try:
+            if self.yubikey_available():
+                listing.keys.extend(self.yubikey.list_keys())
+                listing.warnings.extend(self.yubikey.warnings)
+        except YubiKeyError as e:
+            listing.warnings.append(f"YubiKey keys not listed: {e}")
         return listing
 
     def all_keyids(self) -> set[str]:
         ids = set(self.files.keyids())
         if self.token_available():
             ids.update(self.token.keyids())
+        if self.yubikey_available():
+            ids.update(self.yubikey.keyids())
         return ids
 
     def resolve(self, keyid_or_prefix: str) -> str:
@@ -99,6 +120,8 @@ class KeyStores:
         return found
 
     def store_of(self, record: KeyRecord):
+        if record.store == "yubikey":
+            return self.yubikey
         return self.token if record.store == "token" else self.files
 
     def public_key(self, keyid: str):
@@ -114,10 +137,16 @@ class KeyStores:
         if store == "token":
             self.token.require_present()
             return "token", "asked for a token key"
+        if store == "yubikey":
+            self.yubikey.require_present()
+            return "yubikey", f"asked for a YubiKey key: {self.yubikey.describe()}"
         if store != "auto":
             raise HsmsignError(f"unknown store {store!r}; choose one of {', '.join(STORE_CHOICES)}")
         if role != "root":
             return "file", f"{role} keys are online keys and live in files unless --store token"
+        if self.yubikey_available():
+            self.yubikey.require_present()  # several YubiKeys and no --serial: never a guess
+            return "yubikey", f"a YubiKey is plugged in: {self.yubikey.describe()}"
         if self.token_config.candidate_modules():
             try:
                 self.token.require_present()
@@ -134,8 +163,14 @@ class KeyStores:
                         "and HSMSIGN_TOKEN_LABEL, or plug in a YubiKey); the root key is in an "
                         "encrypted file instead")
 
-    def generate(self, role: str, gun: str | None, alg: Algorithm, store: str) -> tuple[KeyRecord, str]:
+    def generate(self, role: str, gun: str | None, alg: Algorithm, store: str, *,
+                 yubikey: YubiKeyOptions | None = None) -> tuple[KeyRecord, str]:
         where, why = self.choose_store(role, store)
+        if where == "yubikey":
+            return self.yubikey.generate(role, alg, yubikey or YubiKeyOptions()), why
+        if yubikey is not None:
+            raise HsmsignError(f"--slot, --touch and --pin-policy apply to YubiKey keys; this "
+                               f"{role} key would go to the {where} store ({why})")
         if where == "token":
             return self.token.generate(role, alg), why
         passphrase = self.secrets.new_passphrase(role)
