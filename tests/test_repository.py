@@ -254,13 +254,25 @@ def test_manifest_json_and_csv_list_and_remove(repo, tmp_path):
     manifest.write_text(json.dumps({
         "v1/app.tar.gz": {"length": 10, "hashes": {"sha256": "1" * 64}, "custom": {"tag": "v1"}},
         "v2/app.tar.gz": {"length": 20, "hashes": {"sha256": "2" * 64}},
+        # Not the fast path: an upper-case hash is normalised; a dot segment and brackets are
+        # valid paths, and a table must show the brackets (rich would read them as markup).
+        "[beta]/.app.tar.gz": {"length": 5, "hashes": {"sha256": "AB" * 32}},
     }))
     cli("target", "add", str(path), "--from-manifest", str(manifest))
+    assert "[beta]/.app.tar.gz" in cli("target", "list", str(path)).stdout
+    for bad_path in ("v5/../etc/passwd", "/abs/app", "v5//app", "v5/./app", "v5/app/"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"ok/app": {"length": 1, "hashes": {"sha256": "4" * 64}},
+                                   bad_path: {"length": 1, "hashes": {"sha256": "4" * 64}}}))
+        before = tree_digest(path)
+        out = cli.fails("target", "add", str(path), "--from-manifest", str(bad))
+        assert "error:" in out.stderr and tree_digest(path) == before, bad_path
     csv = tmp_path / "m.csv"
     csv.write_text("path,length,sha256\nv3/app.tar.gz,30," + "3" * 64 + "\n")
     cli("target", "add", str(path), "--from-manifest", str(csv))
     listed = {t["path"]: t for t in json.loads(cli("target", "list", str(path), "--json").stdout)}
-    assert set(listed) == {"v1/app.tar.gz", "v2/app.tar.gz", "v3/app.tar.gz"}
+    assert set(listed) == {"v1/app.tar.gz", "v2/app.tar.gz", "v3/app.tar.gz", "[beta]/.app.tar.gz"}
+    assert listed["[beta]/.app.tar.gz"]["hashes"] == {"sha256": "ab" * 32}
     assert listed["v1/app.tar.gz"]["custom"] == {"tag": "v1"}
     assert listed["v3/app.tar.gz"]["hashes"] == {"sha256": "3" * 64}
     status = cli("repo", "status", str(path)).stdout
