@@ -11,6 +11,7 @@ Nothing here prints or prompts: the CLI hands in a `CeremonyUI`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Protocol
 
 from hsmsign import __version__
-from hsmsign.config import NO_TOKEN, TokenConfig, load_token_config
+from hsmsign.config import NO_TOKEN, YUBIKEYS_ONLY, TokenConfig, load_token_config
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import DEFAULT_ALGORITHM, algorithm, tuf_key
 from hsmsign.keystore.stores import KeyStores
+from hsmsign.keystore.yubikey import PIN_POLICY_CHOICES, TOUCH_CHOICES, YubiKeyOptions, parse_serial
 from hsmsign.repository import DEFAULT_EXPIRY_DAYS, HsmsignRepository
 from hsmsign.secrets import Secrets
 from hsmsign.signing import SigningService, signer_for
@@ -36,6 +38,7 @@ from hsmsign.transcript import Transcript
 from hsmsign.verification import verify
 
 MIN_FREE_BYTES = 10 * 1024 * 1024
+ATTESTATIONS = "attestations"  # REPO/attestations/<keyid>.pem: the YubiKeys' attestations
 
 
 class CeremonyAborted(HsmsignError):
@@ -44,6 +47,8 @@ class CeremonyAborted(HsmsignError):
 
 class CeremonyUI(Protocol):
     def screen(self, title: str, rows: list[tuple[str, str]]) -> None: ...
+
+    def tell(self, message: str) -> None: ...  # e.g. "Touch your YubiKey now", at once
 
     def confirm(self, question: str) -> bool: ...
 
@@ -60,6 +65,26 @@ class Custodian:
     name: str
     token: str  # "pkcs11:token=LABEL" or "yubikey:SERIAL"
     pin_env: str | None = None
+
+    @property
+    def kind(self) -> str:
+        kind = self.token.partition(":")[0]
+        if kind not in ("pkcs11", "yubikey"):
+            raise HsmsignError(f"custodian {self.name}: write the token as pkcs11:token=LABEL or "
+                               f"yubikey:SERIAL, not {self.token!r}")
+        return kind
+
+    @property
+    def yubikey_serial(self) -> int:
+        serial = parse_serial(self.token.partition(":")[2]) if self.kind == "yubikey" else None
+        if serial is None:
+            raise HsmsignError(f"custodian {self.name}: write the YubiKey as yubikey:SERIAL")
+        return serial
+
+    @property
+    def token_name(self) -> str:
+        """How screens and the transcript name the token."""
+        return f"YubiKey {self.yubikey_serial}" if self.kind == "yubikey" else f"token {self.token_label!r}"
 
     @property
     def token_label(self) -> str:
@@ -85,6 +110,8 @@ class Plan:
     algorithm: str = DEFAULT_ALGORITHM
     pkcs11_module: str | None = None
     wanted_tokens: int = 0  # custodians to have; those the plan does not name are asked for
+    yubikey: YubiKeyOptions = field(default_factory=YubiKeyOptions)  # slot and policies
+    attestation_roots: Path | None = None  # more trusted roots (a rehearsal's test CA)
     old_custodians: list[Custodian] = field(default_factory=list)  # rotation: sign with old keys
 
     @property
@@ -98,6 +125,11 @@ class Plan:
             raise HsmsignError(
                 f"threshold {self.threshold} is not between 1 and the {self.tokens} tokens"
             )
+        for c in (*self.custodians, *self.old_custodians):
+            c.token_name  # noqa: B018 - raises on a malformed token
+        if self.yubikey.touch not in TOUCH_CHOICES or self.yubikey.pin_policy not in PIN_POLICY_CHOICES:
+            raise HsmsignError(f"yubikey.touch must be one of {', '.join(TOUCH_CHOICES)} and "
+                               f"yubikey.pin_policy one of {', '.join(PIN_POLICY_CHOICES)}")
         names = [c.name for c in self.custodians]
         if len(set(names)) != len(names):
             raise HsmsignError("custodian names must be different")
@@ -131,6 +163,8 @@ def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
         raise HsmsignError("every [[old_custodian]] in the plan needs a name and a token")
     if tokens is not None:
         custodians = custodians[:tokens]
+    yubikey = data.get("yubikey", {})
+    defaults = YubiKeyOptions()
     expires = dict(DEFAULT_EXPIRY_DAYS)
     expires.update({k: float(v) for k, v in data.get("expires", {}).items()})
     plan = Plan(
@@ -146,6 +180,11 @@ def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
         pkcs11_module=data.get("pkcs11", {}).get("module"),
         wanted_tokens=tokens or 0,
         old_custodians=old_custodians,
+        yubikey=YubiKeyOptions(slot=str(yubikey.get("slot", defaults.slot)).lower(),
+                               touch=yubikey.get("touch", defaults.touch),
+                               pin_policy=yubikey.get("pin_policy", defaults.pin_policy)),
+        attestation_roots=(Path(yubikey["attestation_roots"]).expanduser()
+                           if yubikey.get("attestation_roots") else None),
     )
     if plan.confirm_all and len(plan.custodians) < plan.tokens:
         raise HsmsignError(f"--tokens {plan.tokens}: the plan names only {len(plan.custodians)} "
@@ -227,6 +266,12 @@ class CustodianToken:
     custodian: Custodian
     stores: KeyStores  # the staged home + this custodian's token
     keyid: str | None = None
+    attestation: dict | None = None  # YubiKeys: what the attestation proved, and its PEM
+
+    @property
+    def store(self):
+        """The store of this custodian's root key: their YubiKey (PIV) or PKCS#11 token."""
+        return self.stores.yubikey if self.custodian.kind == "yubikey" else self.stores.token
 
 
 class RootCeremony:
@@ -268,8 +313,11 @@ class RootCeremony:
         while len(self.plan.custodians) < self.plan.tokens:
             i = len(self.plan.custodians) + 1
             name = self.ui.ask(f"Name of custodian {i} of {self.plan.tokens}:").strip()
-            label = self.ui.ask(f"Label of {name}'s PKCS#11 token:").strip()
-            self.plan.custodians.append(Custodian(name, f"pkcs11:token={label}"))
+            token = self.ui.ask(f"{name}'s token: yubikey:SERIAL, or the label of a PKCS#11 "
+                                "token:").strip()
+            if not token.startswith(("yubikey:", "pkcs11:")):
+                token = f"pkcs11:token={token}"
+            self.plan.custodians.append(Custodian(name, token))
             try:
                 self.plan.check()
             except HsmsignError:
@@ -330,18 +378,31 @@ class RootCeremony:
         })
         self.confirm(f"Is the date and time shown ({clock:%Y-%m-%d %H:%M} UTC) correct?")
 
+    def _custodian_stores(self, custodian: Custodian, staged_home: Path) -> KeyStores:
+        """The staged home with this custodian's token alone (their YubiKey, or PKCS#11 token)."""
+        if custodian.kind == "yubikey":
+            stores = KeyStores(staged_home, self.secrets, YUBIKEYS_ONLY, force=self.force,
+                               notify=self.ui.tell)
+            stores.yubikey.serial = custodian.yubikey_serial
+            stores.yubikey.pin_variables = self._pin_variables(custodian)
+            return stores
+        config = dataclasses.replace(self._token_config(custodian.token_label), yubikeys=False)
+        return KeyStores(staged_home, self.secrets, config, force=self.force, notify=self.ui.tell)
+
     def _open_token(self, custodian: Custodian, index: int, staged_home: Path) -> CustodianToken:
-        label = custodian.token_label
         while True:
-            stores = KeyStores(staged_home, self.secrets, self._token_config(label), force=self.force)
-            if stores.token.is_present():
-                return CustodianToken(custodian, stores)
+            stores = self._custodian_stores(custodian, staged_home)
+            token = CustodianToken(custodian, stores)
+            if token.store.is_present():
+                return token
             stores.close()
             if self.plan.confirm_all:
-                raise HsmsignError(f"token {label!r} of {custodian.name} is not present")
-            self.ui.pause(f"Token {label!r} is not present. Insert the token of {custodian.name} "
-                          f"({index} of {self.plan.tokens}) and press Enter")
-            stores.token.rescan([t.stores.token for t in self.tokens])
+                raise HsmsignError(f"{custodian.token_name} of {custodian.name} is not present")
+            self.ui.pause(f"{custodian.token_name} is not present. Insert the token of "
+                          f"{custodian.name} ({index} of {self.plan.tokens}) and press Enter")
+            if custodian.kind == "pkcs11":
+                stores.token.rescan([t.stores.token for t in self.tokens
+                                     if t.custodian.kind == "pkcs11"])
 
     def _insert_token(self, custodian: Custodian, index: int, staged_home: Path) -> CustodianToken:
         """Ask for a custodian's token, find it, and log in to it."""
@@ -357,35 +418,106 @@ class RootCeremony:
         return [custodian.pin_env] if custodian.pin_env else ["HSMSIGN_PIN"]
 
     def root_keys(self, staged_home: Path) -> None:
-        alg = algorithm(self.plan.algorithm)
         for i, custodian in enumerate(self.plan.custodians, 1):
             token = self._insert_token(custodian, i, staged_home)
-            label = custodian.token_label
-            record = token.stores.token.generate("root", alg)
-            token.keyid = record.keyid
-            self.created_on_tokens.append(f"{record.keyid} on {record.location}")
-            self.ui.screen(f"2. Root key {i} of {self.plan.tokens}: {custodian.name}", [
-                ("token", record.location), ("key ID", record.keyid), ("algorithm", record.algorithm),
-                ("write down", f"the first 16 characters: {record.keyid[:16]}"),
-            ])
+            record = self._generate_root_key(token)
+            rows = [("token", record.location), ("key ID", record.keyid),
+                    ("algorithm", record.algorithm)]
+            if token.attestation is not None:
+                a = token.attestation
+                rows.append(("attested", f"generated on YubiKey {a['serial']} (firmware "
+                                         f"{a['firmware']}), PIN policy {a['pin_policy']}, "
+                                         f"touch policy {a['touch_policy']}"))
+            rows.append(("write down", f"the first 16 characters: {record.keyid[:16]}"))
+            self.ui.screen(f"2. Root key {i} of {self.plan.tokens}: {custodian.name}", rows)
             self.transcript.record("root key", {
-                "custodian": custodian.name, "token": label, "location": record.location,
-                "keyid": record.keyid, "algorithm": record.algorithm,
+                "custodian": custodian.name, "token": custodian.token,
+                "location": record.location, "keyid": record.keyid, "algorithm": record.algorithm,
                 "public_key_sha256": hashlib.sha256(
-                    tuf_key(token.stores.token.public_key(record.keyid)).keyval["public"].encode()
+                    tuf_key(token.store.public_key(record.keyid)).keyval["public"].encode()
                 ).hexdigest(),
+                **({"attestation": {k: v for k, v in token.attestation.items() if k != "pem"}}
+                   if token.attestation else {}),
             })
             self.confirm(f"Has {custodian.name} written down key ID {record.keyid[:16]}...?")
 
+    def _generate_root_key(self, token: CustodianToken):
+        """A root key made on the custodian's token; on a YubiKey with the plan's slot and
+        policies, after refusing factory defaults, and attested."""
+        alg = algorithm(self.plan.algorithm)
+        if token.custodian.kind != "yubikey":
+            record = token.store.generate("root", alg)
+            self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+            token.keyid = record.keyid
+            return record
+        self._refuse_factory_defaults(token)
+        record = token.store.generate("root", alg, self.plan.yubikey)
+        self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+        token.keyid = record.keyid
+        token.attestation = self._attest(token)
+        return record
+
+    def _refuse_factory_defaults(self, token: CustodianToken) -> None:
+        """A root key must not sit behind a PIN, PUK or management key that everyone knows."""
+        store, custodian = token.store, token.custodian
+        defaults = store.factory_defaults()
+        if not defaults:
+            return
+        what = ", ".join(defaults)
+        serial = custodian.yubikey_serial
+        if self.plan.confirm_all:
+            raise HsmsignError(f"YubiKey {serial} of {custodian.name} still has the factory default "
+                               f"{what}; run `hsmsign token setup --serial {serial}` before the "
+                               "ceremony; nothing was created on it")
+        self.ui.screen(f"YubiKey {serial}: factory defaults", [
+            ("still the factory's", what),
+            ("what now", "set a new PIN and PUK and a random management key (`token setup`)")])
+        if not self.ui.confirm(f"Set up YubiKey {serial} of {custodian.name} now?"):
+            self.transcript.record("confirmation", {"question": f"set up YubiKey {serial}",
+                                                    "answer": "no"})
+            raise CeremonyAborted(f"YubiKey {serial} keeps its factory default {what}; run "
+                                  f"`hsmsign token setup --serial {serial}` and start again")
+        done = store.setup()
+        self.transcript.record("token setup", {"custodian": custodian.name, "serial": serial,
+                                               "replaced": defaults, "done": done})
+
+    def _attest(self, token: CustodianToken) -> dict:
+        """The YubiKey's attestation of the new key, checked against Yubico's roots (and the
+        plan's) and bound to the TUF key ID, as `key attest` does."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from hsmsign.keystore.attestation import read_trust_roots, verify_attestation
+
+        extra = read_trust_roots(self.plan.attestation_roots) if self.plan.attestation_roots else []
+        slot_cert, device_cert, serial = token.store.attestation(token.keyid)
+        result = verify_attestation(slot_cert, device_cert, token.keyid, extra_trust=extra)
+        if result.serial is not None and result.serial != serial:
+            raise HsmsignError(f"the attestation names YubiKey {result.serial}, but it was read "
+                               f"from YubiKey {serial}")
+        asked = (self.plan.yubikey.pin_policy, self.plan.yubikey.touch)
+        if (result.pin_policy, result.touch_policy) != asked:
+            raise HsmsignError(f"YubiKey {serial} attests PIN policy {result.pin_policy} and touch "
+                               f"policy {result.touch_policy}, not the {asked[0]} and {asked[1]} "
+                               "the plan asks for")
+        pem = b"".join(x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
+                       for der in (slot_cert, device_cert))
+        return {**result.to_json(), "pem": pem.decode(),
+                "pem_sha256": hashlib.sha256(pem).hexdigest()}
+
     def _login(self, token: CustodianToken) -> None:
-        """Log in to a custodian's token, asking again after a wrong PIN (never the last try)."""
-        label = token.custodian.token_label
+        """Log in to a custodian's token (a YubiKey: verify its PIN), asking again after a
+        wrong PIN (never the last try)."""
+        label = token.custodian.token_name
         variables = self._pin_variables(token.custodian)
         typed = not any(self.environ.get(v) for v in variables)
         for attempt in range(3):
-            self.secrets.pin(label, variables)  # from the plan's variable or a prompt
             try:
-                token.stores.token.login()
+                if token.custodian.kind == "yubikey":
+                    token.store.check_pin()  # the PIN from the plan's variable or a prompt
+                else:
+                    self.secrets.pin(token.custodian.token_label, variables)
+                    token.store.login()
                 return
             except HsmsignError as e:
                 # Ask again only for a typed PIN: a wrong PIN from the environment stays wrong.
@@ -415,7 +547,7 @@ class RootCeremony:
     def metadata(self, staged_home: Path, online: dict[str, str]) -> None:
         assert self.work is not None
         source = self._online_stores(staged_home)
-        root_keys = [tuf_key(t.stores.token.public_key(t.keyid)) for t in self.tokens]
+        root_keys = [tuf_key(t.store.public_key(t.keyid)) for t in self.tokens]
         role_keys = {role: [tuf_key(source.public_key(keyid))] for role, keyid in online.items()}
         repo = HsmsignRepository(self.work / "repo", SigningService(source))
         repo.init(root_keys, self.plan.threshold, role_keys, self.plan.expires)
@@ -458,6 +590,17 @@ class RootCeremony:
         self.transcript.record("backups", {"archives": results})
         return results
 
+    def write_attestations(self) -> None:
+        """Each YubiKey's attestation (slot certificate, then the device's), for anyone to check
+        later with `hsmsign key attest KEYID --certificate F --intermediate F --repo REPO`."""
+        from hsmsign.fsutil import atomic_write
+
+        for token in self.tokens:
+            if token.attestation is not None:
+                (self.repo / ATTESTATIONS).mkdir(exist_ok=True)
+                atomic_write(self.repo / ATTESTATIONS / f"{token.keyid}.pem",
+                             token.attestation["pem"].encode(), mode=0o644)
+
     def sign_transcript(self, root_version: int = 1) -> None:
         self.transcript.record("complete", {"root_keys": [t.keyid for t in self.tokens],
                                             "threshold": self.plan.threshold,
@@ -485,6 +628,7 @@ class RootCeremony:
             ensure_private_dir(self.home / sub)
             for f in sorted((staged_home / sub).iterdir()):
                 atomic_write(self.home / sub / f.name, f.read_bytes())
+        self.write_attestations()
         transcript = self.repo / "ceremony-transcript.json"
         atomic_write(transcript, json.dumps(self.transcript.to_json(), indent=2).encode() + b"\n",
                      mode=0o644)
@@ -520,6 +664,13 @@ def verify_transcript(path: Path, repo: Path) -> dict:
                 if name == root_name:
                     continue  # custodians may add signatures to the new root afterwards
                 raise HsmsignError(f"metadata/{name} is not the file the ceremony wrote")
+    for entry in transcript.entries:
+        attestation = entry["data"].get("attestation") if entry["step"] == "root key" else None
+        if attestation:
+            name = f"{ATTESTATIONS}/{entry['data']['keyid']}.pem"
+            on_disk = repo / name
+            if not on_disk.exists() or sha256_file(on_disk) != attestation["pem_sha256"]:
+                raise HsmsignError(f"{name} is not the attestation the ceremony recorded")
     return {"entries": len(transcript.entries), "digest": transcript.digest,
             "signed_by": signed_by, "threshold": threshold}
 
@@ -589,23 +740,23 @@ class RootRotation(RootCeremony):
     def root_keys(self, staged_home: Path) -> None:
         """Keep a custodian's current root key when their token has one; else make a new one."""
         old_keys = set(self.old_root.signed.roles["root"].keyids)
-        alg = algorithm(self.plan.algorithm)
         for i, custodian in enumerate(self.plan.custodians, 1):
             token = self._insert_token(custodian, i, staged_home)
-            kept = [k for k in token.stores.token.keyids() if k in old_keys]
+            kept = [k for k in token.store.keyids() if k in old_keys]
             if kept:
                 token.keyid = kept[0]
                 action = "kept"
             else:
-                record = token.stores.token.generate("root", alg)
-                token.keyid = record.keyid
-                self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+                self._generate_root_key(token)
                 action = "generated"
             self.ui.screen(f"2. Root key {i} of {self.plan.tokens}: {custodian.name}",
                            [("key ID", token.keyid), ("", action)])
-            self.transcript.record("root key", {"custodian": custodian.name,
-                                                "token": custodian.token_label,
-                                                "keyid": token.keyid, "action": action})
+            self.transcript.record("root key", {
+                "custodian": custodian.name, "token": custodian.token, "keyid": token.keyid,
+                "action": action,
+                **({"attestation": {k: v for k, v in token.attestation.items() if k != "pem"}}
+                   if token.attestation else {}),
+            })
 
     def old_custodian_tokens(self, staged_home: Path) -> None:
         old_keys = set(self.old_root.signed.roles["root"].keyids)
@@ -613,7 +764,7 @@ class RootRotation(RootCeremony):
             if not self.plan.confirm_all:
                 self.ui.pause(f"Insert the old root token of {custodian.name}, then press Enter")
             token = self._open_token(custodian, i, staged_home)
-            held = [k for k in token.stores.token.keyids() if k in old_keys]
+            held = [k for k in token.store.keyids() if k in old_keys]
             if not held:
                 raise HsmsignError(f"the token of {custodian.name} holds none of the current root keys")
             self._login(token)
@@ -625,7 +776,7 @@ class RootRotation(RootCeremony):
         assert self.work is not None
         nobody = KeyStores(staged_home, self.secrets, NO_TOKEN)
         staged = HsmsignRepository(self.work / "repo", SigningService(nobody))
-        new_keys = [tuf_key(t.stores.token.public_key(t.keyid)) for t in self.tokens]
+        new_keys = [tuf_key(t.store.public_key(t.keyid)) for t in self.tokens]
         with staged.edit_root() as root:
             for keyid in list(root.roles["root"].keyids):
                 if keyid not in {k.keyid for k in new_keys}:
@@ -670,6 +821,7 @@ class RootRotation(RootCeremony):
         name = f"{version}.root.json"
         atomic_write(self.repo / "metadata" / name, (self.work / "repo" / "metadata" / name).read_bytes(),
                      mode=0o644)
+        self.write_attestations()
         transcript = self.repo / f"ceremony-rotate-root-{version}-transcript.json"
         atomic_write(transcript, json.dumps(self.transcript.to_json(), indent=2).encode() + b"\n",
                      mode=0o644)

@@ -50,9 +50,11 @@ class TokenConfig:
     serial: str | None = None
     explicit: bool = False  # configured by the user (not found by searching)
     enabled: bool = True  # False: no token at all (e.g. a ceremony's file-only staging home)
+    pkcs11: bool = True  # False: no PKCS#11 module (a ceremony custodian's YubiKey alone)
+    yubikeys: bool = True  # False: no YubiKey through PIV (a custodian's PKCS#11 token alone)
 
     def candidate_modules(self) -> list[str]:
-        if not self.enabled:
+        if not (self.enabled and self.pkcs11):
             return []
         if self.module:
             return [self.module]
@@ -60,6 +62,7 @@ class TokenConfig:
 
 
 NO_TOKEN = TokenConfig(enabled=False)
+YUBIKEYS_ONLY = TokenConfig(pkcs11=False)
 
 
 def load_token_config(home: Path, *, module: str | None = None,

@@ -181,8 +181,16 @@ class Secrets:
         self._pins[token] = value
         return value
 
+    def cached_pin(self, token: str) -> str | None:
+        """The PIN of `token` if it was given in this process; never asks."""
+        return self._pins.get(token)
+
     def forget_pin(self, token: str) -> None:
         self._pins.pop(token, None)
+
+    def remember_pin(self, token: str, value: str) -> None:
+        """A PIN just set (e.g. by `token setup`), so that it is not asked again."""
+        self._pins[token] = value
 
     # -- internals ---------------------------------------------------------------------
 

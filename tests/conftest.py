@@ -173,3 +173,20 @@ def keyed_home(prepared_home, home) -> Path:
     """A private copy of the prepared home for a test that may change it."""
     shutil.copytree(prepared_home, home, symlinks=True)
     return home
+
+
+@pytest.fixture(scope="module")
+def pcscd(tmp_path_factory):
+    """A private pcscd with two readers for emulated YubiKeys (tests/pcsc_harness.py); the
+    module is skipped, with the reason, where pcscd cannot run."""
+    from pcsc_harness import PcscHarness, Unavailable
+
+    harness = PcscHarness(tmp_path_factory.mktemp("pcscd"))
+    try:
+        harness.start()
+    except Unavailable as e:
+        pytest.skip(f"pcscd cannot start here: {e}")
+    try:
+        yield harness
+    finally:
+        harness.stop()

@@ -19,7 +19,6 @@ from pathlib import Path
 import pexpect
 import pytest
 from conftest import Cli, tree_digest
-from pcsc_harness import PcscHarness, Unavailable
 from piv_emulator import PIN_ONCE, TOUCH_ALWAYS, AttestationCA, PivCard
 
 YKCS11 = next((m for m in ("/usr/lib/x86_64-linux-gnu/libykcs11.so",
@@ -34,21 +33,12 @@ TOOLS = {"ykman": YKMAN, "yubico-piv-tool": shutil.which("yubico-piv-tool"),
 
 
 @pytest.fixture(scope="module")
-def pcsc(tmp_path_factory):
-    harness = PcscHarness(tmp_path_factory.mktemp("pcscd"))
-    try:
-        harness.start()
-    except Unavailable as e:
-        pytest.skip(f"pcscd cannot start here: {e}")
+def pcsc(pcscd):
     missing = [name for name, path in TOOLS.items() if not path or not os.path.exists(path)]
     if missing:
-        harness.stop()
         pytest.fail(f"not installed: {', '.join(missing)}; run `bash scripts/setup`")
-    try:
-        harness.insert(PivCard(), 0)
-        yield harness
-    finally:
-        harness.stop()
+    pcscd.insert(PivCard(), 0)
+    return pcscd
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,9 @@ class TerminalCeremonyUI:
             table.add_row(key, value)
         self.console.print(Panel(table, title=title, title_align="left"))
 
+    def tell(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
+
     def _require_terminal(self) -> None:
         from hsmsign.errors import HsmsignError
 

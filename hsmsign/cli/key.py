@@ -223,8 +223,9 @@ def passwd(app, keyid):
 @click.argument("keyid")
 @click.option("--certificate", "attestation",
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="The slot's attestation certificate (`ykman piv keys attest 9c FILE`); "
-                   "default: read from the YubiKey holding KEYID.")
+              help="The slot's attestation certificate (`ykman piv keys attest 9c FILE`), or a "
+                   "PEM file with it and the device's after it (what a ceremony writes in "
+                   "REPO/attestations/); default: read from the YubiKey holding KEYID.")
 @click.option("--intermediate",
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The device's attestation certificate (`ykman piv certificates export f9 FILE`); "
@@ -239,11 +240,21 @@ def passwd(app, keyid):
 def attest(app, keyid, attestation, intermediate, trust_roots, repo, serial):
     """Verify a YubiKey attestation and that it attests KEYID (the key in the metadata)."""
     from hsmsign.errors import HsmsignError
-    from hsmsign.keystore.attestation import read_trust_roots, verify_attestation
+    from hsmsign.keystore.attestation import (
+        load_certificates,
+        read_trust_roots,
+        verify_attestation,
+    )
 
-    if (attestation is None) != (intermediate is None):
-        raise HsmsignError("give both --certificate and --intermediate, or neither (then both "
-                           "are read from the YubiKey)")
+    bundle = None
+    if attestation is not None and intermediate is None:
+        bundle = load_certificates(attestation.read_bytes())
+        if len(bundle) < 2:
+            raise HsmsignError("give --intermediate too (the device's certificate, slot f9), or a "
+                               "--certificate file that holds both")
+    elif attestation is None and intermediate is not None:
+        raise HsmsignError("give --certificate with --intermediate, or neither (then both are "
+                           "read from the YubiKey)")
     _use_yubikey(app, serial)
     keyid = app.stores.resolve(keyid) if len(keyid) < 64 else keyid.lower()
     if repo is not None:
@@ -258,6 +269,11 @@ def attest(app, keyid, attestation, intermediate, trust_roots, repo, serial):
             raise HsmsignError(f"key {keyid[:16]}... is on no YubiKey plugged in; plug it in, or "
                                "give --certificate and --intermediate")
         slot_cert, device_cert, serial_read = app.stores.yubikey.attestation(keyid)
+    elif bundle is not None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        slot_cert, device_cert = (c.public_bytes(Encoding.DER) for c in bundle[:2])
+        serial_read = None
     else:
         slot_cert, device_cert, serial_read = attestation.read_bytes(), intermediate.read_bytes(), None
     result = verify_attestation(slot_cert, device_cert, keyid, extra_trust=extra)

@@ -56,7 +56,8 @@ class KeyStores:
 
     def yubikey_available(self) -> bool:
         """A YubiKey is plugged in (and tokens are not switched off for this home)."""
-        return self.token_config.enabled and self.yubikey.is_present()
+        return (self.token_config.enabled and self.token_config.yubikeys
+                and self.yubikey.is_present())
 
     def hardware_stores(self) -> list:
         yubikeys = [self.yubikey] if self.yubikey_available() else []

@@ -165,6 +165,7 @@ class YubiKeyStore:
         self._serial = serial if serial is not None else secrets.environ.get(SERIAL_VARIABLE)
         self._devices_source = devices or pcsc_devices
         self.notify = notify
+        self.pin_variables: list[str] | None = None  # default HSMSIGN_PIN; a ceremony's pin_env
         self.warnings: list[str] = []
         self._found: list[_Found] | None = None
         self._keys: dict[str, _SlotKey] | None = None
@@ -356,7 +357,7 @@ class YubiKeyStore:
 
         self._check_pin_tries(piv, found)
         name = self._pin_name(found)
-        pin = self.secrets.pin(name)
+        pin = self.secrets.pin(name, self.pin_variables)
         if not 6 <= len(pin.encode()) <= 8:
             self.secrets.forget_pin(name)
             raise YubiKeyError(f"a YubiKey PIN has 6 to 8 characters, the one given has "
@@ -370,6 +371,20 @@ class YubiKeyStore:
         if pin == FACTORY_PIN:
             self._warn_defaults(piv, found, pin=pin)
         return pin
+
+    def check_pin(self) -> None:
+        """Verify the PIN of the target YubiKey now (tries read first), so that a wrong one is
+        caught before anything is made; the PIN is kept for the process."""
+        found = self.target()
+        with self._session(found, "checking the PIN") as piv:
+            self._verify_pin(piv, found)
+
+    def factory_defaults(self) -> list[str]:
+        """Which of PIN, PUK and management key of the target YubiKey are still the factory's
+        (before firmware 5.3: the PIN only when it was the one verified in this process)."""
+        found = self.target()
+        with self._session(found, "checking for factory defaults") as piv:
+            return self._defaults(piv, pin=self.secrets.cached_pin(self._pin_name(found)))
 
     def _authenticate(self, piv, found: _Found) -> None:
         """Authenticate with the management key: the default one, the one `token setup` stored
@@ -892,7 +907,7 @@ class YubiKeyStore:
             try:
                 pivman_change_pin(piv, old_pin, new_pin)
                 done.append("PIN changed")
-                self.secrets.forget_pin(self._pin_name(found))
+                self.secrets.remember_pin(self._pin_name(found), new_pin)
                 piv.verify_pin(new_pin)
                 key_type = (MANAGEMENT_KEY_TYPE.AES192 if found.version >= (5, 4, 0)
                             else MANAGEMENT_KEY_TYPE.TDES)
