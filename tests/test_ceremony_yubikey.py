@@ -6,7 +6,9 @@ policies and attested; the result is checked by python-tuf's client, the transcr
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,58 @@ def test_yubikey_ceremony_refuses_defaults_then_generates_attests_and_verifies(r
     cli("target", "add", str(repo), "hello", "--length", "1", "--sha256", "a" * 64)
     cli("repo", "verify", str(repo))
 
+
+
+def test_interactive_ceremony_sets_up_a_factory_fresh_yubikey_after_a_wrong_pin(room, tmp_path):
+    """On a terminal: a wrong PIN is asked again, factory defaults are offered `token setup` on
+    the spot, and the new PIN is what the rest of the ceremony uses (not asked again)."""
+    import pexpect
+
+    cli, cards, _ = room
+    plan = tmp_path / "interactive.toml"
+    plan.write_text(f"""threshold = 1
+[[custodian]]
+name = "alice"
+token = "yubikey:{SERIALS[0]}"
+[yubikey]
+touch = "cached"
+attestation_roots = "{tmp_path / 'test-ca.pem'}"
+""")
+    env = {k: v for k, v in cli.env.items() if not k.endswith("_PIN")}
+    child = pexpect.spawn(sys.executable, ["-m", "hsmsign", "--home", str(cli.home), "ceremony", "root",
+                                       str(tmp_path / "repo"), "--plan", str(plan),
+                                       "--allow-network"],
+                          env=env, encoding="utf-8", timeout=60, dimensions=(50, 200))
+    child.logfile_read = seen = io.StringIO()
+    child.expect(r"correct\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 1 of 1, held by alice")
+    child.sendline("")
+    child.expect(f"Enter PIN for token YubiKey {SERIALS[0]}: ")
+    child.sendline("99999999")
+    child.expect("Wrong PIN")
+    child.expect(f"Enter PIN for token YubiKey {SERIALS[0]}: ")
+    child.sendline(FACTORY_PIN)
+    child.expect("factory defaults")
+    child.expect(rf"Set up YubiKey {SERIALS[0]} of alice now\? \[y/N\]")
+    child.sendline("y")
+    for prompt, value in (("Enter a new PIN", NEW_PIN), ("Repeat the new PIN", NEW_PIN),
+                          ("Enter a new PUK", NEW_PUK), ("Repeat the new PUK", NEW_PUK),
+                          ("Enter the current PUK", FACTORY_PUK)):
+        child.expect(prompt)
+        child.sendline(value)
+    child.expect(rf"Touch your YubiKey \(serial {SERIALS[0]}\) now")
+    child.expect(r"written down key ID .*\? \[y/N\]")
+    child.sendline("y")
+    child.expect(pexpect.EOF, timeout=120)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    # The new PIN was kept for signing root, not asked again; no secret was echoed.
+    assert seen.getvalue().count("Enter PIN") == 2
+    assert NEW_PIN not in seen.getvalue() and NEW_PUK not in seen.getvalue()
+    card = cards[0]
+    assert not card.pin.is_default and not card.puk.is_default and card.keys[0x9C].generated
+    transcript = json.loads((tmp_path / "repo" / "ceremony-transcript.json").read_text())
+    setup = next(e["data"] for e in transcript["entries"] if e["step"] == "token setup")
+    assert setup["serial"] == SERIALS[0] and "PIN" in setup["replaced"]
+    cli("repo", "verify", str(tmp_path / "repo"))
