@@ -24,7 +24,6 @@ from hsmsign.config import load_token_config, resolve_home
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import tuf_key
 from hsmsign.keystore.file import FileKeyStore
-from hsmsign.keystore.pkcs11 import Pkcs11KeyStore
 from hsmsign.keystore.stores import KeyStores
 from hsmsign.secrets import Secrets
 
@@ -34,29 +33,8 @@ if TYPE_CHECKING:
 URI_SCHEME = "hsmsign"
 
 
-class TokenSigner(Signer):
-    """Signs on a PKCS#11 token; the store's one logged-in session is reused."""
-
-    def __init__(self, store: Pkcs11KeyStore, keyid: str, public_key: Key | None = None):
-        self.store = store
-        self.keyid = keyid
-        self._public_key = public_key or tuf_key(store.public_key(keyid))
-
-    @property
-    def public_key(self) -> Key:
-        return self._public_key
-
-    def sign(self, payload: bytes) -> Signature:
-        return Signature(self._public_key.keyid, self.store.sign(self.keyid, payload).hex())
-
-    @classmethod
-    def from_priv_key_uri(cls, priv_key_uri, public_key, secrets_handler=None):  # pragma: no cover
-        return HsmsignSigner.from_priv_key_uri(priv_key_uri, public_key, secrets_handler)
-
-
-class YubiKeySigner(Signer):
-    """Signs in a YubiKey PIV slot: the PIN is asked once per process, the touch prompt goes
-    to the CLI through the store's `notify`."""
+class HardwareSigner(Signer):
+    """Signs inside a hardware store (a PKCS#11 token, a YubiKey): the private key stays there."""
 
     def __init__(self, store, keyid: str, public_key: Key | None = None):
         self.store = store
@@ -73,6 +51,15 @@ class YubiKeySigner(Signer):
     @classmethod
     def from_priv_key_uri(cls, priv_key_uri, public_key, secrets_handler=None):  # pragma: no cover
         return HsmsignSigner.from_priv_key_uri(priv_key_uri, public_key, secrets_handler)
+
+
+class TokenSigner(HardwareSigner):
+    """Signs on a PKCS#11 token; the store's one logged-in session is reused."""
+
+
+class YubiKeySigner(HardwareSigner):
+    """Signs in a YubiKey PIV slot: the PIN is asked once per process, the touch prompt goes
+    to the CLI through the store's `notify`."""
 
 
 class FileSigner(Signer):

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hsmsign.config import TokenConfig
-from hsmsign.errors import HsmsignError, NotFound
+from hsmsign.errors import HsmsignError
 from hsmsign.keys import Algorithm, KeyRecord, algorithm_of, key_id
+from hsmsign.keystore.scanned import ScannedStore
 from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ class _TokenKey:
     algorithm: Algorithm
 
 
-class Pkcs11KeyStore:
+class Pkcs11KeyStore(ScannedStore):
     """One token in one PKCS#11 module."""
 
     kind = STORE
@@ -410,23 +411,8 @@ class Pkcs11KeyStore:
         self._keys = keys
         return keys
 
-    def list_keys(self) -> list[KeyRecord]:
-        return [k.record for k in self._scan().values()]
-
-    def keyids(self) -> list[str]:
-        return list(self._scan())
-
-    def record(self, keyid: str) -> KeyRecord:
-        return self._get(keyid).record
-
-    def public_key(self, keyid: str):
-        return self._get(keyid).public_key
-
-    def _get(self, keyid: str) -> _TokenKey:
-        try:
-            return self._scan()[keyid]
-        except KeyError:
-            raise NotFound(f"key {keyid} is not on token {self.token_name}") from None
+    def _missing(self, keyid: str) -> str:
+        return f"key {keyid} is not on token {self.token_name}"
 
     def _require_mechanism(self, mechanism, what: str) -> None:
         if mechanism not in self._find_slot().get_mechanisms():

@@ -35,10 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hsmsign.errors import HsmsignError, NotFound
+from hsmsign.errors import HsmsignError
 from hsmsign.keys import Algorithm, KeyRecord, algorithm_of, key_id
 from hsmsign.keystore.pcsc import YubiKeyError, pcsc_devices, pid_for
 from hsmsign.keystore.pkcs11 import PinPolicyError
+from hsmsign.keystore.scanned import ScannedStore
 from hsmsign.secrets import Secrets, SecretUnavailable
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def _version_text(version) -> str:
 # -- the store ------------------------------------------------------------------------------
 
 
-class YubiKeyStore:
+class YubiKeyStore(ScannedStore):
     """Every YubiKey plugged in; keys are found by their TUF key ID on whichever holds them."""
 
     kind = STORE
@@ -249,6 +250,13 @@ class YubiKeyStore:
 
     def require_present(self) -> None:
         self.target()
+
+    def serials(self) -> list[int]:
+        """The serial numbers of the YubiKeys plugged in (none when pcscd cannot be reached)."""
+        try:
+            return [f.serial for f in self._devices()]
+        except YubiKeyError:
+            return []
 
     def describe(self, found: _Found | None = None) -> str:
         found = found or self.target()
@@ -524,23 +532,8 @@ class YubiKeyStore:
         self._keys = keys
         return keys
 
-    def list_keys(self) -> list[KeyRecord]:
-        return [k.record for k in self._scan().values()]
-
-    def keyids(self) -> list[str]:
-        return list(self._scan())
-
-    def record(self, keyid: str) -> KeyRecord:
-        return self._get(keyid).record
-
-    def public_key(self, keyid: str):
-        return self._get(keyid).public_key
-
-    def _get(self, keyid: str) -> _SlotKey:
-        try:
-            return self._scan()[keyid]
-        except KeyError:
-            raise NotFound(f"key {keyid} is on no YubiKey plugged in") from None
+    def _missing(self, keyid: str) -> str:
+        return f"key {keyid} is on no YubiKey plugged in"
 
     def _found_for(self, key: _SlotKey) -> _Found:
         for found in self._devices():
