@@ -368,10 +368,12 @@ class RootCeremony:
         rows.append(("threshold", f"{self.plan.threshold} of {self.plan.tokens} root keys"))
         for i, c in enumerate(self.plan.custodians, 1):
             rows.append((f"custodian {i}", f"{c.name}: {c.token}"))
+        present = self.tokens_present()
+        rows.append(("tokens present", ", ".join(present) or "none yet (each is asked for in turn)"))
         self.ui.screen("1. Preflight", rows)
         self.transcript.record("preflight", {
             "network_up": up, "network_allowed": self.plan.allow_network, "clock": clock.isoformat(),
-            "versions": versions, "backup_destinations": destinations,
+            "versions": versions, "backup_destinations": destinations, "tokens_present": present,
             "threshold": self.plan.threshold,
             "custodians": [{"name": c.name, "token": c.token} for c in self.plan.custodians],
             "expires_days": self.plan.expires,
@@ -388,6 +390,19 @@ class RootCeremony:
             return stores
         config = dataclasses.replace(self._token_config(custodian.token_label), yubikeys=False)
         return KeyStores(staged_home, self.secrets, config, force=self.force, notify=self.ui.tell)
+
+    def tokens_present(self) -> list[str]:
+        """The YubiKeys and PKCS#11 tokens plugged in now, as the plan names them."""
+        from hsmsign.keystore.pkcs11 import TokenError, list_tokens
+        from hsmsign.keystore.yubikey import YubiKeyStore
+
+        present = [f"yubikey:{serial}" for serial in YubiKeyStore(self.secrets).serials()]
+        try:
+            base = load_token_config(self.home, module=self.plan.pkcs11_module, environ=self.environ)
+            present += [f"pkcs11:token={t.label}" for t in list_tokens(base) if t.label]
+        except TokenError:
+            pass  # no module here: the custodians' tokens are checked one by one
+        return present
 
     def _open_token(self, custodian: Custodian, index: int, staged_home: Path) -> CustodianToken:
         while True:

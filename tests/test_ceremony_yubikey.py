@@ -118,6 +118,9 @@ def test_yubikey_ceremony_refuses_defaults_then_generates_attests_and_verifies(r
     # The attestations are in the repository and recorded in the transcript; `key attest`
     # binds each to the root key in the metadata.
     transcript = json.loads((repo / "ceremony-transcript.json").read_text())
+    preflight = transcript["entries"][0]["data"]
+    assert {f"yubikey:{SERIALS[0]}", f"yubikey:{SERIALS[1]}",
+            "pkcs11:token=carol"} <= set(preflight["tokens_present"])
     attested = {e["data"]["keyid"]: e["data"]["attestation"] for e in transcript["entries"]
                 if e["step"] == "root key" and "attestation" in e["data"]}
     assert set(attested) == set(on_cards)
