@@ -290,6 +290,7 @@ class RootCeremony:
         self.created_on_tokens: list[str] = []  # "<keyid> on <token>", for an abort
         self.work: Path | None = None
         self.tokens: list[CustodianToken] = []
+        self.backup_archives: list[Path] = []  # removed again if the ceremony stops after them
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -343,6 +344,8 @@ class RootCeremony:
         except BaseException as e:
             self.transcript.record("aborted", {"reason": str(e) or type(e).__name__,
                                                "created_on_tokens": self.created_on_tokens})
+            for archive in self.backup_archives:  # a backup of keys that were never put in use
+                archive.unlink(missing_ok=True)
             raise
         finally:
             for token in self.tokens:
@@ -600,6 +603,7 @@ class RootCeremony:
         from hsmsign.backup import backup_file_keys
 
         results = backup_file_keys(staged_home, self.plan.backup_destinations, self.secrets)
+        self.backup_archives = [Path(r["path"]) for r in results]
         self.ui.screen("6. Backups", [(r["path"], f"{r['size']} bytes, sha256 {r['sha256'][:16]}..., "
                                                   "read back and verified") for r in results])
         self.transcript.record("backups", {"archives": results})
@@ -629,6 +633,9 @@ class RootCeremony:
         assert self.work is not None
         from hsmsign.fsutil import atomic_write, ensure_private_dir
 
+        if self.repo.exists() and (not self.repo.is_dir() or any(self.repo.iterdir())):
+            raise HsmsignError(f"{self.repo} is no longer empty (something was written there "
+                               "during the ceremony); nothing was moved")
         staged_keys = sorted((staged_home / "private").glob("*.key")) if (staged_home / "private").is_dir() else []
         for key in staged_keys:
             if (self.home / "private" / key.name).exists():

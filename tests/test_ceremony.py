@@ -246,6 +246,35 @@ def test_abort_half_way_lists_token_keys_and_writes_nothing(three, tmp_path):
     assert not (tmp_path / "repo").exists() and tree_digest(tmp_path / "home") == {}
 
 
+def test_a_failure_after_the_backups_removes_them_and_writes_nothing(three, tmp_path):
+    """The backups are written before the last step; when that step fails (here: something was
+    put into REPO meanwhile), the archives of keys never put in use are removed again."""
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    plan = write_plan(tmp_path / "plan.toml", ["alice"], 1, backup=[usb], confirm=False)
+    env = three.env(**pins("alice"), HSMSIGN_BACKUP_PASSPHRASE="backup passphrase for usb")
+    child = pexpect.spawn(sys.executable, ["-m", "hsmsign", "--home", str(tmp_path / "home"),
+                                           "ceremony", "root", str(tmp_path / "repo"), "--plan",
+                                           str(plan), "--allow-network"],
+                          env=env, encoding="utf-8", timeout=60, dimensions=(50, 200))
+    child.expect(r"correct\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 1 of 1, held by alice")
+    child.sendline("")
+    child.expect(r"written down key ID .*\? \[y/N\]")
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "stray.txt").write_text("someone else's file")
+    child.sendline("y")
+    child.expect(pexpect.EOF, timeout=120)
+    child.close()
+    output = child.before.replace("\r", "")
+    assert child.exitstatus == 1, output
+    assert "6. Backups" in output and "is no longer empty" in output
+    assert list(usb.iterdir()) == []
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["stray.txt"]
+    assert tree_digest(tmp_path / "home") == {}
+
+
 def test_unwritable_backup_destination_is_refused_in_preflight(three, tmp_path):
     readonly = tmp_path / "usb-ro"
     readonly.mkdir()
