@@ -26,7 +26,8 @@ SERIALS = (20000001, 20000002)
 
 @pytest.fixture
 def room(pcscd, tmp_path):
-    """Two factory-fresh YubiKeys (readers 0 and 1) and carol's SoftHSM token."""
+    """Two factory-fresh YubiKeys (readers 0 and 1) and carol's SoftHSM token: the CLI, the
+    cards, the plan and the test attestation CA."""
     ca = AttestationCA.create()
     cards = [PivCard(ca=ca, serial=serial) for serial in SERIALS]
     for reader, card in enumerate(cards):
@@ -64,7 +65,7 @@ all = true
 """)
     env = tokens.env(**pcscd.env(), ALICE_PIN=NEW_PIN, BOB_PIN=NEW_PIN, CAROL_PIN=PIN,
                      HSMSIGN_BACKUP_PASSPHRASE="backup passphrase for usb")
-    yield Cli(tmp_path / "home", env), cards, plan
+    yield Cli(tmp_path / "home", env), cards, plan, ca
     for reader in (0, 1):
         pcscd.pull(reader)
 
@@ -74,8 +75,8 @@ def ceremony(cli: Cli, repo: Path, plan: Path, **env: str):
                env=env, ok=False)
 
 
-def test_yubikey_ceremony_refuses_defaults_then_generates_attests_and_verifies(room, tmp_path):
-    cli, cards, plan = room
+def test_yubikey_ceremony_refuses_defaults_then_generates_attests_and_verifies(room, pcscd, tmp_path):
+    cli, cards, plan, ca = room
     repo = tmp_path / "repo"
 
     # Factory-fresh YubiKeys: refused before any key is made, and nothing is written.
@@ -143,11 +144,39 @@ def test_yubikey_ceremony_refuses_defaults_then_generates_attests_and_verifies(r
     # A client trusts it (root signed by all three), and the online keys work.
     server = Server(repo)
     try:
-        updater(repo, server, tmp_path / "client").refresh()
+        updater(repo, server, tmp_path / "client").refresh()  # this client trusts root v1
     finally:
         server.close()
     cli("target", "add", str(repo), "hello", "--length", "1", "--sha256", "a" * 64)
     cli("repo", "verify", str(repo))
+
+    # Bob's YubiKey is lost; Dave brings a new one (set up first). Alice and Carol keep their
+    # keys and sign as old and new keys; Dave's key is generated on his YubiKey and attested.
+    dave = PivCard(ca=ca, serial=20000003)
+    pcscd.swap(dave, 1)
+    cli("token", "setup", "--serial", "20000003",
+        env={"HSMSIGN_PIN": FACTORY_PIN, "HSMSIGN_PUK": FACTORY_PUK,
+             "HSMSIGN_NEW_PIN": NEW_PIN, "HSMSIGN_NEW_PUK": NEW_PUK})
+    rotation = tmp_path / "rotate.toml"
+    rotation.write_text(plan.read_text().replace(f'name = "bob"\ntoken = "yubikey:{SERIALS[1]}"\n'
+                                                 'pin_env = "BOB_PIN"',
+                                                 'name = "dave"\ntoken = "yubikey:20000003"\n'
+                                                 'pin_env = "DAVE_PIN"'))
+    out = cli("ceremony", "rotate-root", str(repo), "--plan", str(rotation), "--allow-network",
+              "--json", env={"DAVE_PIN": NEW_PIN})
+    rotated = json.loads(out.stdout)
+    dave_key = key_id(dave.keys[0x9C].private.public_key())
+    assert dave.keys[0x9C].generated and rotated["root_version"] == 2
+    assert set(rotated["root_keys"]) == {on_cards[0], dave_key, *(set(result["root_keys"]) - set(on_cards))}
+    assert (repo / "attestations" / f"{dave_key}.pem").exists()
+    cli("ceremony", "verify-transcript", rotated["transcript"], str(repo))
+    server = Server(repo)
+    try:
+        updater(repo, server, tmp_path / "client").refresh()  # it trusted root v1
+    finally:
+        server.close()
+    client_root = json.loads((tmp_path / "client" / "metadata" / "root.json").read_text())
+    assert client_root["signed"]["version"] == 2
 
 
 
@@ -156,7 +185,7 @@ def test_interactive_ceremony_sets_up_a_factory_fresh_yubikey_after_a_wrong_pin(
     the spot, and the new PIN is what the rest of the ceremony uses (not asked again)."""
     import pexpect
 
-    cli, cards, _ = room
+    cli, cards, _, _ = room
     plan = tmp_path / "interactive.toml"
     plan.write_text(f"""threshold = 1
 [[custodian]]

@@ -181,6 +181,7 @@ class YubiKeyStore(ScannedStore):
     @serial.setter
     def serial(self, value) -> None:
         self._serial = value
+        self._keys = None
 
     # -- finding YubiKeys ----------------------------------------------------------------
 
@@ -521,14 +522,11 @@ class YubiKeyStore(ScannedStore):
         if self._keys is not None:
             return self._keys
         keys: dict[str, _SlotKey] = {}
-        for found in self._devices():
+        for found in self._candidates():  # with a serial asked for, that YubiKey's keys only
             with self._session(found, "reading its slots") as piv:
                 for _, key in self._read_slots(piv, found):
-                    if key is None:
-                        continue
-                    if key.record.keyid in keys and found.serial != self.serial:
-                        continue  # the same key on two YubiKeys: the first (or --serial's) signs
-                    keys[key.record.keyid] = key
+                    if key is not None and key.record.keyid not in keys:
+                        keys[key.record.keyid] = key  # the same key on two YubiKeys: the first signs
         self._keys = keys
         return keys
 
