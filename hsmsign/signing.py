@@ -8,7 +8,12 @@ Any python-tuf based tool can sign with them (`Metadata.sign(signer, append=True
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import cached_property
+from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
 from securesystemslib.signer import (
@@ -18,6 +23,7 @@ from securesystemslib.signer import (
     SecretsHandler,
     Signature,
     Signer,
+    SSlibKey,
 )
 
 from hsmsign.config import load_token_config, resolve_home
@@ -176,6 +182,40 @@ def valid_signers(md: Metadata, keys: dict[str, Key], data: bytes | None = None)
     return valid
 
 
+class _ParsedKey(SSlibKey):
+    """An SSlibKey that parses its public key once: securesystemslib verifies through
+    `_crypto_key()`, which parses the PEM on every call (~10 us of a ~85 us check)."""
+
+    @cached_property
+    def _parsed(self):
+        return super()._crypto_key()
+
+    def _crypto_key(self):
+        return self._parsed
+
+
+def _data(plan: _Plan) -> bytes:
+    if plan.data is None:
+        plan.data = plan.md.signed_bytes
+    return plan.data
+
+
+PIPELINE_MIN = 16  # signatures in a batch before signing ahead in a thread pays off
+
+
+@dataclass
+class _Plan:
+    """One metadata object of a `sign_many` batch: what it needs, and what it got."""
+
+    md: Metadata
+    keys: dict[str, Key]
+    counted: dict[str, Key]
+    data: bytes | None
+    verified: set[str]
+    todo: list[str]  # key IDs to sign with here
+    report: SigningReport
+
+
 class SigningService:
     """Signs metadata with every key of a role that this machine holds, hardware first.
 
@@ -187,6 +227,7 @@ class SigningService:
         self.stores = stores
         self.only = only  # sign only with these key IDs (e.g. `sign --key`)
         self._signers: dict[str, Signer] = {}
+        self._checkers: dict[str, Key] = {}
         self._here: set[str] | None = None
 
     def available(self, keyids) -> list[str]:
@@ -212,30 +253,88 @@ class SigningService:
     def sign_many(self, items) -> list[SigningReport]:
         """`sign` for many metadata objects: `(md, role, keys, threshold[, counted])` each.
 
-        Every new signature is checked against the role's public key before it is kept (one
-        ECDSA verification costs about as much as the token's signature), and each signature
-        is verified once: the report reuses what the check found.
+        Every new signature is checked against the role's public key before it is kept, and
+        each signature is verified once: the report reuses what the check found. For a large
+        batch on a PKCS#11 token the token signs in a background thread while this one checks
+        the signatures already made (python-pkcs11 releases the GIL in C_Sign, cryptography
+        during most of a verification), so the check costs little extra time.
         """
-        reports = []
-        for md, role, keys, threshold, *rest in items:
-            counted = rest[0] if rest and rest[0] is not None else keys
-            data = md.signed_bytes  # canonical JSON once: it dominates for big roles
-            verified = set(valid_signers(md, {**keys, **counted}, data))
-            report = SigningReport(role, md.signed.version, threshold, sorted(counted))
-            for keyid in self.available(sorted(keys)):
-                if keyid in verified:
-                    continue  # already signed by this key (e.g. `sign` run twice)
-                signature = self.signer(keyid, keys[keyid]).sign(data)
+        plans = [self._plan(*item) for item in items]
+        pending = [(plan, keyid) for plan in plans for keyid in plan.todo]
+        with closing(self._signatures(pending)) as signatures:
+            for (plan, keyid), signature in zip(pending, signatures):
                 try:
-                    keys[keyid].verify_signature(signature, data)
+                    self._checker(plan.keys[keyid]).verify_signature(signature, plan.data)
                 except Exception:  # noqa: BLE001
                     raise HsmsignError(
-                        f"the signature key {keyid[:7]} made for {role} does not verify; "
-                        "nothing was written"
+                        f"the signature key {keyid[:7]} made for {plan.report.role} does not "
+                        "verify; nothing was written"
                     ) from None
-                md.signatures[keyid] = signature
-                report.signed_here.append(keyid)
-                verified.add(keyid)
-            report.valid = [k for k in sorted(counted) if k in verified]
-            reports.append(report)
-        return reports
+                plan.md.signatures[keyid] = signature
+                plan.report.signed_here.append(keyid)
+                plan.verified.add(keyid)
+        for plan in plans:
+            plan.report.valid = [k for k in sorted(plan.counted) if k in plan.verified]
+        return [plan.report for plan in plans]
+
+    def _checker(self, key: Key) -> Key:
+        """`key`, for checking new signatures, with its public key parsed once per process."""
+        if type(key) is not SSlibKey:
+            return key
+        checker = self._checkers.get(key.keyid)
+        if checker is None or checker != key:
+            checker = _ParsedKey(key.keyid, key.keytype, key.scheme, key.keyval,
+                                 key.unrecognized_fields)
+            self._checkers[key.keyid] = checker
+        return checker
+
+    def _plan(self, md: Metadata, role: str, keys: dict[str, Key], threshold: int,
+              counted: dict[str, Key] | None = None) -> _Plan:
+        counted = keys if counted is None else counted
+        # Canonical JSON once (it dominates for big roles); for unsigned metadata, only when a
+        # key here signs it, so that a batch serialises while the token signs.
+        data = md.signed_bytes if md.signatures else None
+        verified = set(valid_signers(md, {**keys, **counted}, data)) if md.signatures else set()
+        # Keys already signed (e.g. `sign` run twice) are not signed again.
+        todo = [k for k in self.available(sorted(keys)) if k not in verified]
+        return _Plan(md, keys, counted, data, verified, todo,
+                     SigningReport(role, md.signed.version, threshold, sorted(counted)))
+
+    def _signatures(self, pending: list[tuple[_Plan, str]]) -> Iterator[Signature]:
+        """The signatures for `pending`, in order; made ahead in a thread for a big batch on
+        PKCS#11 tokens (logged in here first, so that a PIN is never asked from the thread)."""
+        signers = [self.signer(keyid, plan.keys[keyid]) for plan, keyid in pending]
+        if len(pending) < PIPELINE_MIN or not all(type(s) is TokenSigner for s in signers):
+            for (plan, _), signer in zip(pending, signers, strict=True):
+                yield signer.sign(_data(plan))
+            return
+        for store in {id(s.store): s.store for s in signers}.values():
+            store.login()
+        # Serialise first: pure Python holds the GIL, and the thread would wait for it (up to
+        # the 5 ms switch interval) between signatures. From here on only the thread talks to
+        # the token; this one verifies, which releases the GIL for most of its time.
+        jobs = [(signer, _data(plan)) for (plan, _), signer in zip(pending, signers, strict=True)]
+        results: SimpleQueue = SimpleQueue()
+        stop = threading.Event()
+
+        def sign_all() -> None:
+            for signer, payload in jobs:
+                if stop.is_set():
+                    return
+                try:
+                    results.put(signer.sign(payload))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                    results.put(e)
+                    return
+
+        thread = threading.Thread(target=sign_all, name="hsmsign-sign", daemon=True)
+        thread.start()
+        try:
+            for _ in jobs:
+                result = results.get()
+                if isinstance(result, BaseException):
+                    raise result
+                yield result
+        finally:
+            stop.set()
+            thread.join()

@@ -110,3 +110,58 @@ def test_hsmsign_uri_scheme_finds_the_key(keyed_home, monkeypatch, softhsm):
     signer = Signer.from_priv_key_uri(f"hsmsign:{record.keyid}", public, handler)
     public.verify_signature(signer.sign(b"data"), b"data")
     assert len(asked) == 1 and "passphrase" in asked[0].lower()
+
+
+def _batch(n: int) -> list[Metadata]:
+    expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=30)
+    return [Metadata(Targets(version=i + 1, expires=expires)) for i in range(n)]
+
+
+@pytest.fixture
+def token_key(stores):
+    from hsmsign.keys import ALGORITHMS, tuf_key
+
+    record = stores.token.generate("targets", ALGORITHMS["ecdsa-p256"])
+    yield tuf_key(stores.token.public_key(record.keyid))
+    stores.token.remove(record.keyid)
+
+
+def test_a_big_batch_is_signed_ahead_on_the_token_and_every_signature_checked(stores, token_key):
+    import threading
+
+    from hsmsign.signing import PIPELINE_MIN, SigningService
+
+    keys = {token_key.keyid: token_key}
+    mds = _batch(PIPELINE_MIN * 2 + 3)
+    reports = SigningService(stores).sign_many([(md, "targets", keys, 1) for md in mds])
+    for md, report in zip(mds, reports, strict=True):
+        token_key.verify_signature(md.signatures[token_key.keyid], md.signed_bytes)
+        assert report.signed_here == report.valid == [token_key.keyid] and report.missing == 0
+    assert len({md.signatures[token_key.keyid].signature for md in mds}) == len(mds)
+    assert not [t for t in threading.enumerate() if t.name == "hsmsign-sign"]
+
+
+def test_a_bad_signature_in_a_big_batch_stops_it_and_is_never_kept(stores, token_key):
+    """A public key that does not match what the token signs with (as a token returning
+    garbage would look): the batch stops with one error, and the signing thread is gone."""
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from securesystemslib.signer import SSlibKey
+
+    from hsmsign.errors import HsmsignError
+    from hsmsign.keys import tuf_key
+    from hsmsign.signing import PIPELINE_MIN, SigningService
+
+    other = tuf_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+    wrong = SSlibKey(token_key.keyid, other.keytype, other.scheme, other.keyval)
+    mds = _batch(PIPELINE_MIN * 2)
+    bad = PIPELINE_MIN + 1
+    items = [(md, "targets", {token_key.keyid: wrong if i == bad else token_key}, 1)
+             for i, md in enumerate(mds)]
+    with pytest.raises(HsmsignError, match=f"signature key {token_key.keyid[:7]} made for "
+                                           "targets does not verify; nothing was written"):
+        SigningService(stores).sign_many(items)
+    assert all(not md.signatures for md in mds[bad:])
+    assert all(token_key.keyid in md.signatures for md in mds[:bad])
+    assert not [t for t in threading.enumerate() if t.name == "hsmsign-sign"]
