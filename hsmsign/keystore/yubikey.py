@@ -616,7 +616,6 @@ class YubiKeyStore(ScannedStore):
     def generate(self, role: str, alg: Algorithm, options: YubiKeyOptions = YubiKeyOptions()
                  ) -> KeyRecord:
         """A key pair generated on the YubiKey; the private key never exists anywhere else."""
-        from yubikit.core import NotSupportedError
         from yubikit.piv import SLOT
 
         found = self.target()
@@ -625,13 +624,7 @@ class YubiKeyStore(ScannedStore):
         slot = SLOT(int(options.slot, 16))
         _check_role(role)
         with self._session(found, "generating a key") as piv:
-            try:
-                piv.check_key_support(key_type, pin_policy, touch_policy, True)
-            except NotSupportedError as e:
-                raise YubiKeyError(f"YubiKey {found.serial} (firmware "
-                                   f"{_version_text(found.version)}) cannot do this: {e}") from None
-            self._check_slot_free(piv, found, slot)
-            self._authenticate(piv, found)
+            self._prepare_slot(piv, found, slot, key_type, pin_policy, touch_policy, generate=True)
             public = piv.generate_key(slot, key_type, pin_policy, touch_policy)
             self._finish(piv, found, slot, key_type, public, role, options, "generated")
         return self._after_change(key_id(public))
@@ -640,7 +633,6 @@ class YubiKeyStore(ScannedStore):
                        ) -> KeyRecord:
         """The notary route: a software key (whose encrypted file stays as the backup) is put
         into the slot; it cannot be attested, since it was not generated there."""
-        from yubikit.core import NotSupportedError
         from yubikit.piv import KEY_TYPE, SLOT
 
         found = self.target()
@@ -652,16 +644,24 @@ class YubiKeyStore(ScannedStore):
         except ValueError as e:
             raise YubiKeyError(f"a YubiKey cannot hold this key ({e})") from None
         with self._session(found, "importing a key") as piv:
-            try:
-                piv.check_key_support(key_type, pin_policy, touch_policy, False)
-            except NotSupportedError as e:
-                raise YubiKeyError(f"YubiKey {found.serial} (firmware "
-                                   f"{_version_text(found.version)}) cannot do this: {e}") from None
-            self._check_slot_free(piv, found, slot)
-            self._authenticate(piv, found)
+            self._prepare_slot(piv, found, slot, key_type, pin_policy, touch_policy, generate=False)
             piv.put_key(slot, key, pin_policy, touch_policy)
             self._finish(piv, found, slot, key_type, key.public_key(), role, options, "imported")
         return self._after_change(key_id(key.public_key()))
+
+    def _prepare_slot(self, piv, found: _Found, slot, key_type, pin_policy, touch_policy, *,
+                      generate: bool) -> None:
+        """Before a key goes into `slot`: the firmware can hold it with these policies, the
+        slot is free (or --force), and the management key is authenticated."""
+        from yubikit.core import NotSupportedError
+
+        try:
+            piv.check_key_support(key_type, pin_policy, touch_policy, generate)
+        except NotSupportedError as e:
+            raise YubiKeyError(f"YubiKey {found.serial} (firmware "
+                               f"{_version_text(found.version)}) cannot do this: {e}") from None
+        self._check_slot_free(piv, found, slot)
+        self._authenticate(piv, found)
 
     def _finish(self, piv, found: _Found, slot, key_type, public, role: str,
                 options: YubiKeyOptions, how: str) -> None:
