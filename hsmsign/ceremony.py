@@ -611,7 +611,7 @@ class RootCeremony:
 
     def write_attestations(self) -> None:
         """Each YubiKey's attestation (slot certificate, then the device's), for anyone to check
-        later with `hsmsign key attest KEYID --certificate F --intermediate F --repo REPO`."""
+        later with `hsmsign key attest KEYID --certificate F --repo REPO`."""
         from hsmsign.fsutil import atomic_write
 
         for token in self.tokens:
