@@ -59,7 +59,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MEMBER_NAME = re.compile(r"^(private/(?P<kid>[0-9a-f]{64})\.key|public/(?P<pid>[0-9a-f]{64})\.pub)$")
-_KEY_DIRS = ("private", "public")
+KEY_DIRS = ("private", "public")
 
 
 class ArchiveError(HsmsignError):
@@ -294,7 +294,7 @@ def build_tar(manifest: Manifest, members: dict[str, bytes],
     manifest_bytes = manifest.to_bytes() if manifest_bytes is None else manifest_bytes
     parts = [headers.file(MANIFEST_NAME, len(manifest_bytes)), manifest_bytes,
              b"\0" * (-len(manifest_bytes) % tarfile.BLOCKSIZE)]
-    for directory in _KEY_DIRS:
+    for directory in KEY_DIRS:
         names = sorted(n for n in members if n.startswith(directory + "/"))
         if not names:
             continue
@@ -688,7 +688,7 @@ def check_contents(contents: TarContents, *, what: str, deep: bool = True) -> Ma
         raise ArchiveError(f"{what} has no {MANIFEST_NAME}: not an hsmsign backup")
     expected = manifest.files()
     for name in contents.dirs:
-        if name not in ("", *_KEY_DIRS):
+        if name not in ("", *KEY_DIRS):
             raise ArchiveError(f"member {_shown(name)} is a directory an hsmsign backup does "
                                "not have: refused")
     for name in contents.ignored:
