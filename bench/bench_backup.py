@@ -9,6 +9,8 @@ Measured in one run, on the same home, wall clock, median of --runs:
     restore       hsmsign backup restore FILE -i IDENTITY      (into an empty home)
     tar | age     tar -czf - DIR | age -r RECIPIENT > F
     age | tar     age -d -i IDENTITY F | tar -xzf -            (into an empty directory)
+    start-up      hsmsign --version
+    imports       python -c "import click, pyrage, tarfile, cryptography..., pkcs11, smartcard"
 
 and prints the ratios the issue asks for: (create + verify) / (tar | age) and
 restore / (age | tar), each to be at most 3. Both sides are whole processes started from
@@ -32,6 +34,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+FLOOR_IMPORTS = ("import click, pyrage, tarfile, cryptography.hazmat.primitives.serialization, "
+                 "pkcs11, smartcard.System")
 ROLES = ("targets", "snapshot", "timestamp", "releases", "qa", "root")
 PASSPHRASE = "benchmark passphrase"
 
@@ -114,7 +118,7 @@ def main() -> None:
                     "restore", *warm.iterdir(), "-i", str(identity)], env=env, check=True,
                    capture_output=True)
     times: dict[str, list[float]] = {k: [] for k in ("create", "verify", "restore", "tar|age",
-                                                     "age|tar", "start-up")}
+                                                     "age|tar", "start-up", "imports")}
     try:
         for n in range(args.runs):
             out = run_dir / f"usb{n}"
@@ -141,6 +145,9 @@ def main() -> None:
                  f"age -d -i {identity} {baseline} | tar -xzf - -C {untarred}"]))
             # For reference: an hsmsign process that does nothing (interpreter, click).
             times["start-up"].append(timed([*hsmsign, "--version"], env=env))
+            # The floor of any Python `backup create`: an interpreter importing the libraries
+            # it needs (CLI, age, tar, key parsing, the PKCS#11 and PC/SC probes), nothing else.
+            times["imports"].append(timed([sys.executable, "-c", FLOOR_IMPORTS], env=env))
             assert len(list((restored / "private").iterdir())) == args.keys
             assert len(list((untarred / "private").iterdir())) == args.keys
         library = library_times(home, run_dir, recipient, identity, args.runs)
@@ -155,6 +162,8 @@ def main() -> None:
     print(f"  create + verify / tar|age = {create_verify / med['tar|age']:.2f}x  (limit 3x)")
     print(f"  create alone    / tar|age = {med['create'] / med['tar|age']:.2f}x")
     print(f"  restore         / age|tar = {med['restore'] / med['age|tar']:.2f}x  (limit 3x)")
+    print(f"  imports alone   / tar|age = {med['imports'] / med['tar|age']:.2f}x  "
+          "(a process that only imports what `backup create` needs)")
     print("in-process library calls (no interpreter start-up), seconds:")
     for k, v in library.items():
         print(f"  {k:<10} {v:7.3f}")
