@@ -1,5 +1,6 @@
 """Backups through the real CLI: round trip, the stock `age` and GNU tar, DCT migration,
-restore plans, verify, hardware keys, bad destinations, a full disk, the progress bar.
+restore plans, verify, hardware keys, bad destinations, a full disk, a drive that reads back
+wrong, the progress bar.
 
 Key files are made once per session (the KDF is deliberately slow); tests that change a
 home or an archive work on copies. Hostile archives are in test_backup_hostile.py.
@@ -533,6 +534,53 @@ def test_full_home_disk_restores_nothing(recipient_archive, custodians, tiny_fs,
     result = cli.fails("backup", "restore", str(recipient_archive), "-i", str(custodians[0][0]))
     assert "no space left" in result.error_lines[0] and "nothing was restored" in result.error_lines[0]
     assert tree_digest(tiny_fs) == before
+
+
+# -- a failing drive -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def failing_drive(tmp_path):
+    """(mount point, backing directory) of a FUSE drive whose reads come back with a byte
+    flipped (tests/failing_drive.py); skipped where FUSE cannot be mounted."""
+    import time
+
+    backing, mount = tmp_path / "backing", tmp_path / "failing-usb"
+    backing.mkdir(), mount.mkdir()
+    drive = subprocess.Popen([sys.executable, str(Path(__file__).with_name("failing_drive.py")),
+                              str(backing), str(mount)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while not os.path.ismount(mount):
+        if drive.poll() is not None or time.monotonic() > deadline:
+            drive.kill()
+            pytest.skip(f"cannot mount a FUSE file system here ({drive.communicate()[1].strip()});"
+                        " the failing-drive case needs /dev/fuse and libfuse2")
+        time.sleep(0.05)
+    try:
+        yield mount, backing
+    finally:
+        run("umount", str(mount))
+        drive.wait(timeout=15)
+
+
+def test_a_drive_that_reads_back_wrong_fails_the_backup_and_keeps_no_copy(
+        backup_home, tmp_path, failing_drive, custodians, no_token_env):
+    mount, backing = failing_drive
+    (mount / "written.txt").write_bytes(b"0123456789")  # the drive really corrupts reads
+    assert (backing / "written.txt").read_bytes() == b"0123456789"
+    assert (mount / "written.txt").read_bytes() != b"0123456789"
+    (backing / "written.txt").unlink()
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    before = tree_digest(backup_home), tree_digest(usb), tree_digest(backing)
+    cli = Cli(backup_home, dict(no_token_env))
+    result = cli.fails("backup", "create", "-o", str(usb), "-o", str(mount),
+                       "-r", custodians[0][1])
+    assert result.error_lines == [
+        f"error: the copy written to {mount} reads back differently from what was written: "
+        "the drive may be failing; nothing was written to any destination"]
+    # Neither the good drive nor the failing one keeps a copy, or a temp file.
+    assert (tree_digest(backup_home), tree_digest(usb), tree_digest(backing)) == before
 
 
 # -- many keys: the progress bar -----------------------------------------------------------
