@@ -661,8 +661,11 @@ def _names_in(home: Path) -> set[str]:
     for directory in archive.KEY_DIRS:
         try:
             names.update(f"{directory}/{name}" for name in os.listdir(home / directory))
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             pass
+        except OSError as e:  # unreadable, or not a directory: never guess what is there
+            raise HsmsignError(f"cannot read {home / directory}: {e.strerror}; nothing was "
+                               "restored") from None
     return names
 
 

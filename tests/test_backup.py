@@ -379,6 +379,19 @@ def test_restore_plan_added_identical_conflict_and_force(recipient_archive, cust
     assert not [p for p in home.iterdir() if p.name.startswith(".")]
 
 
+def test_restore_into_a_home_whose_key_directory_is_a_file_changes_nothing(
+        recipient_archive, custodians, tmp_path, no_token_env):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "private").write_bytes(b"not a directory")
+    before = tree_digest(home)
+    result = Cli(home, dict(no_token_env)).fails(
+        "backup", "restore", str(recipient_archive), "-i", str(custodians[0][0]))
+    assert result.error_lines == [
+        f"error: cannot read {home / 'private'}: Not a directory; nothing was restored"]
+    assert tree_digest(home) == before
+
+
 # -- verify --------------------------------------------------------------------------------
 
 
