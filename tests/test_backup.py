@@ -558,22 +558,30 @@ def failing_drive(tmp_path):
     flipped (tests/failing_drive.py); skipped where FUSE cannot be mounted."""
     import time
 
-    backing, mount = tmp_path / "backing", tmp_path / "failing-usb"
+    backing, mount, log = tmp_path / "backing", tmp_path / "failing-usb", tmp_path / "drive.log"
     backing.mkdir(), mount.mkdir()
-    drive = subprocess.Popen([sys.executable, str(Path(__file__).with_name("failing_drive.py")),
-                              str(backing), str(mount)], stderr=subprocess.PIPE, text=True)
+    with open(log, "wb") as stderr:  # a file, not a pipe: a full pipe would hang the drive
+        drive = subprocess.Popen([sys.executable,
+                                  str(Path(__file__).with_name("failing_drive.py")),
+                                  str(backing), str(mount)], stderr=stderr)
     deadline = time.monotonic() + 15
     while not os.path.ismount(mount):
         if drive.poll() is not None or time.monotonic() > deadline:
             drive.kill()
-            pytest.skip(f"cannot mount a FUSE file system here ({drive.communicate()[1].strip()});"
-                        " the failing-drive case needs /dev/fuse and libfuse2")
+            drive.wait()
+            pytest.skip(f"cannot mount a FUSE file system here ({log.read_text().strip()}); "
+                        "the failing-drive case needs /dev/fuse and libfuse2")
         time.sleep(0.05)
     try:
         yield mount, backing
     finally:
-        run("umount", str(mount))
-        drive.wait(timeout=15)
+        if run("umount", str(mount)).returncode != 0:
+            run("umount", "-l", str(mount))
+        try:
+            drive.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            drive.kill()
+            drive.wait()
 
 
 def test_a_drive_that_reads_back_wrong_fails_the_backup_and_keeps_no_copy(
