@@ -44,7 +44,6 @@ def main() -> None:
     key = tuf_key(stores.token.public_key(record.keyid))
     keys = {key.keyid: key}
     service = SigningService(stores)
-    stores.token.login()
     private = stores.token._login().get_key(object_class=ObjectClass.PRIVATE_KEY,
                                             id=stores.token._get(key.keyid).cka_id)
     serializer = CanonicalJSONSerializer()

@@ -695,7 +695,7 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
                 os.close(fd)
             staged.append((tmp, os.path.join(home, name)))
             progress("Writing key files", n, len(files))
-        _sync(Path(staging), [Path(tmp) for tmp, _ in staged])
+        _sync(staging, [tmp for tmp, _ in staged])
         directories = {os.path.dirname(target) for _, target in staged}
         for directory in directories:
             ensure_private_dir(Path(directory))
@@ -727,7 +727,7 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
             fsync_dir(home)
 
 
-def _sync(directory: Path, paths: list[Path]) -> None:
+def _sync(directory: str, paths: list[str]) -> None:
     """Make the staged files durable: one syncfs(2) of their file system where Linux has it
     (much faster than an fsync per file for a thousand keys), else an fsync each."""
     try:
