@@ -208,6 +208,10 @@ def resolve_destinations(outputs: list[Path], home: Path, name: str, *,
         out = Path(out).expanduser().absolute()
         if out.is_dir():
             target = out / name
+        elif not os.path.lexists(out) and not out.name.endswith(".age"):
+            # Most likely a drive that is not mounted: never a stray file on the wrong disk.
+            raise HsmsignError(f"destination {out} is not a directory; mount the drive, or give "
+                               "a file name ending in .tar.age")
         elif out.parent.is_dir():
             target = out
         else:
@@ -233,6 +237,18 @@ def resolve_destinations(outputs: list[Path], home: Path, name: str, *,
     return targets
 
 
+def same_disk_warnings(targets: list[Path], home: Path) -> list[str]:
+    """A copy on the home's own file system is no backup of it; for a drive's mount point
+    (/media/usb1), it usually means the drive is not mounted."""
+    try:
+        home_device = os.stat(home).st_dev
+    except OSError:
+        return []
+    return [f"{t.parent} is on the same file system as the home {home}; if it should be a "
+            "USB drive, the drive is not mounted" for t in targets
+            if os.stat(t.parent).st_dev == home_device]
+
+
 def create_backup(stores: KeyStores, outputs: list[Path], *,
                   recipients: list[tuple[str, Any]] = (), force: bool = False,
                   progress: Progress = _no_progress, now: datetime | None = None) -> CreateResult:
@@ -253,6 +269,7 @@ def create_backup(stores: KeyStores, outputs: list[Path], *,
     manifest_bytes = manifest.to_bytes()
     targets = resolve_destinations(outputs, home, archive_name(manifest, manifest_bytes),
                                    force=force)
+    warnings.extend(same_disk_warnings(targets, home))
     if recipients:
         encryption = Encryption(recipients=[r for _, r in recipients],
                                 recipient_names=[t for t, _ in recipients])
@@ -389,6 +406,10 @@ def _decrypt_archive(path: Path, data: bytes, secrets: Secrets,
             f"backup {path.name}",
             lambda passphrase: archive.decrypt(data, what=what, passphrase=passphrase))
         return plaintext, "passphrase"
+    if not set(stanzas) & {"X25519", "ssh-ed25519", "ssh-rsa"}:
+        raise HsmsignError(f"{path}: its age header names neither a passphrase nor a recipient "
+                           f"hsmsign knows ({', '.join(stanzas) or 'none'}); it is damaged, or "
+                           "made for an age plugin: use another copy, or the plugin with `age -d`")
     if not identity_files:
         raise HsmsignError(f"{path} is encrypted to age recipients; pass --identity FILE "
                            "(the age identity file of one of them)")
@@ -582,12 +603,13 @@ def _restore_manifest(opened: Opened, home: Path, *, dry_run: bool, force: bool,
         entries.append(RestoreEntry(key.keyid, key.role, key.gun, key.algorithm, key.store,
                                     action))
     result = RestoreResult(str(opened.path), str(home), "hsmsign", entries, dry_run)
-    if result.conflicts and not dry_run:
+    if result.conflicts:  # a dry run fails too: a script can tell before it restores
         ids = ", ".join(e.keyid[:12] for e in result.conflicts[:5])
         more = "" if len(result.conflicts) <= 5 else f" and {len(result.conflicts) - 5} more"
+        outcome = ("a restore would write nothing" if dry_run else "nothing was restored")
         raise RestoreConflict(
             f"{len(result.conflicts)} key(s) in the backup conflict with keys in {home} (same "
-            f"ID, different file): {ids}{more}; nothing was restored; --force replaces them",
+            f"ID, different file): {ids}{more}; {outcome}; --force replaces them",
             result)
     if not dry_run and writes:
         _commit(home, writes, progress)
@@ -621,7 +643,8 @@ def _restore_tree(opened: Opened, home: Path, secrets: Secrets, *, dry_run: bool
                 f.write(data)
         staged = KeyStores(work / "home", secrets, NO_TOKEN)
         # Every key is decrypted (with its role's passphrase) before anything is kept.
-        results = import_keys(staged, src, store="file")
+        results = import_keys(staged, src, store="file", shown_from=src,
+                              outcome="nothing was restored")
         present = set(_home_keyids(home))
         entries: list[RestoreEntry] = []
         writes: dict[str, bytes] = {}
@@ -673,15 +696,15 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
     """Write `files` (names relative to the home) all or nothing: staged in the home, made
     durable, then renamed into place (public keys first). Files 0600, directories 0700."""
     created: list[Path] = []
-    for directory in (home, *sorted({home / n.split("/", 1)[0] for n in files})):
-        if not directory.exists():
-            for missing in reversed([directory, *directory.parents]):
-                if not missing.exists():
-                    created.append(missing)
-            ensure_private_dir(directory)
     staging: str | None = None
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
+        for directory in (home, *sorted({home / n.split("/", 1)[0] for n in files})):
+            if not directory.exists():
+                for missing in reversed([directory, *directory.parents]):
+                    if not missing.exists():
+                        created.append(missing)
+            ensure_private_dir(directory)  # an existing home is tightened too, as keys get added
         staging = tempfile.mkdtemp(prefix=".hsmsign-restore-", dir=home)
         staged: list[tuple[str, str]] = []  # plain strings: thousands of files
         for n, (name, data) in enumerate(sorted(files.items()), 1):

@@ -112,7 +112,8 @@ def check_init_arguments(root_keys: int, root_threshold: int, expires: dict[str,
         )
     for role, days in expires.items():
         if role not in TOP_LEVEL_ROLES and role != "delegation":
-            raise RepositoryError(f"--expires: unknown role {role!r}")
+            raise RepositoryError(f"--expires: unknown role {role!r}; give one of root, targets, "
+                                  "snapshot, timestamp or delegation (every delegated role)")
         if days <= 0:
             raise RepositoryError(f"--expires {role}: give a positive number of days")
 
@@ -147,6 +148,15 @@ class RepositoryLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+@dataclass
+class TargetChanges:
+    """What `add_targets` did: new paths, paths given new lengths or hashes, and the rest."""
+
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
 
 
 @dataclass
@@ -475,26 +485,39 @@ class HsmsignRepository(Repository):
         self.do_timestamp(force=True)
 
     def add_targets(self, role: str, targets: Iterable[TargetFile],
-                    uploads: Iterable[TargetUpload] = ()) -> int:
+                    uploads: Iterable[TargetUpload] = ()) -> TargetChanges:
+        """Add or replace `targets` in `role`. When every one is already there as given (and
+        its file, if any), nothing is staged: no new versions for a change that changes nothing."""
         self.require()
         self.require_role(role)
         if role in ("root", "snapshot", "timestamp"):
             raise RepositoryError(f"{role} holds no targets; use targets or a delegated role")
         spec = None if role == "targets" else self.delegated_role(role)
-        count = 0
+        targets, uploads = list(targets), list(uploads)
+        current = self.open(role).signed.targets
+        changes = TargetChanges()
+        for target in targets:
+            check_target_path(target.path)
+            if spec is not None and not spec.is_delegated_path(target.path):
+                raise RepositoryError(
+                    f"{target.path} is outside the paths delegated to {role} "
+                    f"({', '.join(spec.paths or [])})"
+                )
+            known = current.get(target.path)
+            if known is None:
+                changes.added += 1
+            elif known != target:
+                changes.replaced += 1
+            else:
+                changes.unchanged += 1
+        if not (changes.added or changes.replaced) and all(u.destination.exists() for u in uploads):
+            return changes
         with self.edit_targets(role) as md:
             for target in targets:
-                check_target_path(target.path)
-                if spec is not None and not spec.is_delegated_path(target.path):
-                    raise RepositoryError(
-                        f"{target.path} is outside the paths delegated to {role} "
-                        f"({', '.join(spec.paths or [])})"
-                    )
                 md.targets[target.path] = target
-                count += 1
         self._uploads.extend(uploads)
         self.publish()
-        return count
+        return changes
 
     def remove_targets(self, role: str, paths: list[str]) -> None:
         self.require()
@@ -641,6 +664,7 @@ class HsmsignRepository(Repository):
             keys, threshold = self.role_keys(role)
             if len(service.available(keys)) >= threshold:
                 return True
+            service.stores.require_configured_token()  # an absent token is an error, not a skip
             skipped.append(f"{role}: expires {self.open(role).signed.expires:%Y-%m-%d %H:%M} UTC, "
                            f"but fewer than {threshold} of its keys are here")
             return False

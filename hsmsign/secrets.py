@@ -99,22 +99,31 @@ class Secrets:
         kind = role_kind(role)
         return self._retry(purpose, lambda: self.passphrase(role, purpose=purpose),
                            lambda: self._sources.get(kind, "prompt"),
-                           lambda: self.forget_passphrase(role), attempt)
+                           lambda: self.forget_passphrase(role), attempt,
+                           remembered=lambda: kind in self._passphrases)
 
     def _retry(self, what: str, get: Callable[[], str], source: Callable[[], str],
-               forget: Callable[[], None], attempt: Callable[[str], T | None]) -> T:
-        for n in range(PROMPT_ATTEMPTS):
+               forget: Callable[[], None], attempt: Callable[[str], T | None], *,
+               remembered: Callable[[], bool] = lambda: False) -> T:
+        tries = 0
+        while True:
+            typed_before = remembered()  # typed for an earlier key of this command
             result = attempt(get())
             if result is not None:
                 return result
             where = source()
             forget()
-            if where == "prompt" and self.prompter is not None and n < PROMPT_ATTEMPTS - 1:
-                self.prompter.tell("Wrong passphrase. Try again.")
-                continue
-            hint = "type it again" if where == "prompt" else f"check {where}"
+            if where == "prompt" and self.prompter is not None:
+                if typed_before:
+                    self.prompter.tell(f"The passphrase typed before does not open {what}.")
+                    continue
+                tries += 1
+                if tries < PROMPT_ATTEMPTS:
+                    self.prompter.tell("Wrong passphrase. Try again.")
+                    continue
+            hint = (f"{PROMPT_ATTEMPTS} tries; run the command again" if where == "prompt"
+                    else f"check {where}")
             raise HsmsignError(f"wrong passphrase for {what}; {hint}")
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def new_passphrase(self, role: str, *, purpose: str = "") -> str:
         """A passphrase to protect a new key of `role` (asked twice at a prompt)."""

@@ -260,6 +260,9 @@ class SigningService:
         during most of a verification), so the check costs little extra time.
         """
         plans = [self._plan(*item) for item in items]
+        if any(len(plan.verified.union(plan.todo) & plan.counted.keys()) < plan.report.threshold
+               for plan in plans):
+            self.stores.require_configured_token()  # short of keys: say so if it is why
         pending = [(plan, keyid) for plan in plans for keyid in plan.todo]
         with closing(self._signatures(pending)) as signatures:
             for (plan, keyid), signature in zip(pending, signatures):

@@ -58,11 +58,16 @@ def targets_from_manifest(manifest: Path) -> list[TargetFile]:
     """Targets from `{"path": {"length": N, "hashes": {"sha256": hex}, "custom": {}}}` or a CSV
     with the header `path,length,sha256`."""
     text = manifest.read_text()
-    if text.lstrip().startswith("{"):
+    if text.lstrip().startswith(("{", "[")) or manifest.suffix.lower() == ".json":
         try:
             entries = json.loads(text)
         except ValueError as e:
             raise HsmsignError(f"{manifest} is not valid JSON ({e})") from None
+        if not isinstance(entries, dict):
+            raise HsmsignError(f"{manifest}: a JSON manifest is an object shaped like TUF's "
+                               '"targets": {"PATH": {"length": N, "hashes": {"sha256": "HEX"}}}')
+        if not entries:
+            raise HsmsignError(f"{manifest} lists no targets; nothing changed")
         out = []
         for path, entry in entries.items():
             if not isinstance(entry, dict) or "hashes" not in entry or "length" not in entry:
@@ -84,5 +89,8 @@ def targets_from_manifest(manifest: Path) -> list[TargetFile]:
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is None or [f.strip() for f in reader.fieldnames][:3] != ["path", "length", "sha256"]:
         raise HsmsignError(f"{manifest}: a CSV manifest starts with the header path,length,sha256")
-    return [target_from_hash(row["path"].strip(), row["length"], row["sha256"],)
-            for row in reader]
+    out = [target_from_hash(row["path"].strip(), row["length"], row["sha256"],)
+           for row in reader]
+    if not out:
+        raise HsmsignError(f"{manifest} lists no targets; nothing changed")
+    return out

@@ -57,6 +57,7 @@ def verify(repo: HsmsignRepository, trusted_root: bytes | None = None) -> Verifi
     repo.require()
     read = lambda name: _read_bytes(repo, name)  # noqa: E731
     step = "root"
+    version = None  # the root version being checked against the one trusted before it
     try:
         trusted = TrustedMetadataSet(trusted_root or read("1.root.json"), EnvelopeType.METADATA)
         version = trusted.root.version + 1
@@ -91,6 +92,14 @@ def verify(repo: HsmsignRepository, trusted_root: bytes | None = None) -> Verifi
                 todo.append((name, loaded))
     except RepositoryError:
         raise
+    except tuf_errors.UnsignedMetadataError as e:
+        if step == "root" and trusted_root is not None and version is not None:
+            raise RepositoryError(
+                f"root v{version} is not signed by a threshold of the keys of the trusted root "
+                f"you gave (v{version - 1}): that root is not this repository's, or root v{version} "
+                "still needs signatures of the previous root keys (`hsmsign sign REPO root` "
+                "where they are)") from None
+        raise RepositoryError(_explain(step, e)) from None
     except (tuf_errors.RepositoryError, ValueError) as e:
         raise RepositoryError(_explain(step, e)) from None
     return result

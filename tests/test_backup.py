@@ -362,8 +362,11 @@ def test_restore_plan_added_identical_conflict_and_force(recipient_archive, cust
     assert "CONFLICT" in refused.stdout  # the plan is shown before the error
     assert tree_digest(home) == before
 
-    plan = json.loads(cli("backup", "restore", str(recipient_archive), "-i", identity,
-                          "--dry-run", "--json").stdout)
+    # A dry run shows the same plan, and fails as the restore would.
+    dry = cli.fails("backup", "restore", str(recipient_archive), "-i", identity, "--dry-run",
+                    "--json")
+    assert "a restore would write nothing" in dry.error_lines[0]
+    plan = json.loads(dry.stdout)
     actions = {k["role"]: k["action"] for k in plan["keys"]}
     assert actions == {"snapshot": "add", "targets": "conflict", "root": "identical",
                        "timestamp": "identical", "releases": "identical"}
@@ -473,6 +476,8 @@ def test_bad_destinations_are_refused_and_change_nothing(backup_home, tmp_path, 
         (["-o", str(backup_home)], "inside the home"),
         (["-o", str(backup_home / "private" / "x.tar.age")], "inside the home"),
         (["-o", str(tmp_path / "not-mounted" / "x.tar.age")], "does not exist"),
+        # A drive's mount point with no drive mounted: never a stray file named after it.
+        (["-o", str(tmp_path / "usb2")], "is not a directory; mount the drive"),
         (["-o", str(usb / "taken.tar.age")], "already exists"),
         (["-o", str(usb), "-o", str(tmp_path / ".." / tmp_path.name / "usb")], "given twice"),
         (["-o", str(usb), "-r", "age1notarecipient"], "not an age recipient"),
@@ -489,11 +494,14 @@ def test_bad_destinations_are_refused_and_change_nothing(backup_home, tmp_path, 
     error = no_secret.fails("backup", "create", "-o", str(usb)).error_lines[0]
     assert "HSMSIGN_BACKUP_PASSPHRASE" in error
     assert tree_digest(backup_home) == home_before and tree_digest(usb) == usb_before
-    assert not (tmp_path / "empty-home").exists()
+    assert not (tmp_path / "empty-home").exists() and not (tmp_path / "usb2").exists()
     # --force replaces an existing file (atomically: the old one until the new is verified).
-    out = json.loads(cli("backup", "create", "-o", str(usb / "taken.tar.age"), "-r", recipient,
-                         "--force", "--json").stdout)
+    made = cli("backup", "create", "-o", str(usb / "taken.tar.age"), "-r", recipient, "--force",
+               "--json")
+    out = json.loads(made.stdout)
     assert (usb / "taken.tar.age").read_bytes() != b"an older backup"
+    # tmp_path is on the home's file system: the warning an unmounted /media/usb1 would get.
+    assert f"warning: {usb} is on the same file system as the home" in made.stderr
     assert out["archives"][0]["size"] == (usb / "taken.tar.age").stat().st_size
 
 
@@ -547,6 +555,40 @@ def test_full_home_disk_restores_nothing(recipient_archive, custodians, tiny_fs,
     result = cli.fails("backup", "restore", str(recipient_archive), "-i", str(custodians[0][0]))
     assert "no space left" in result.error_lines[0] and "nothing was restored" in result.error_lines[0]
     assert tree_digest(tiny_fs) == before
+
+
+def test_read_only_home_restores_nothing_with_a_clear_error(recipient_archive, custodians,
+                                                              tiny_fs, no_token_env):
+    done = run("mount", "-o", "remount,ro", str(tiny_fs), text=True)
+    assert done.returncode == 0, done.stderr
+    result = Cli(tiny_fs / "home", dict(no_token_env)).fails(
+        "backup", "restore", str(recipient_archive), "-i", str(custodians[0][0]))
+    assert result.error_lines == [
+        f"error: cannot write to {tiny_fs / 'home'}: Read-only file system; nothing was restored"]
+    assert list(tiny_fs.iterdir()) == []
+
+
+def test_restore_tightens_an_existing_home_to_0700(recipient_archive, custodians, tmp_path,
+                                                   no_token_env):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    Cli(home, dict(no_token_env))("backup", "restore", str(recipient_archive), "-i",
+                                  str(custodians[0][0]))
+    assert home.stat().st_mode & 0o777 == 0o700
+
+
+def test_an_age_header_with_no_known_recipient_is_called_damaged(recipient_archive, custodians,
+                                                                  tmp_path, no_token_env):
+    data = recipient_archive.read_bytes()
+    damaged = tmp_path / "damaged.tar.age"
+    damaged.write_bytes(data.replace(b"-> X25519 ", b"-> X25519x "))
+    result = Cli(tmp_path / "home", dict(no_token_env)).fails(
+        "backup", "restore", str(damaged), "-i", str(custodians[0][0]))
+    assert "names neither a passphrase nor a recipient hsmsign knows (X25519x" \
+        in result.error_lines[0]
+    assert "it is damaged" in result.error_lines[0]
+    assert not (tmp_path / "home").exists()
 
 
 # -- a failing drive -----------------------------------------------------------------------

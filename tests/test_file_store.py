@@ -125,7 +125,13 @@ def test_notary_export_decrypts_with_an_independent_pbkdf2_sha1_reader(keyed_hom
 
     record = _by_role(file_cli, "targets")
     out = tmp_path / "notary.key"
-    file_cli("key", "export", record["keyid"], "--private", "--format", "notary", "-o", str(out))
+    out.write_text("someone else's file")
+    refused = file_cli.fails("key", "export", record["keyid"], "--private", "--format", "notary",
+                             "-o", str(out))
+    assert "already exists" in refused.error_lines[0] and "--force" in refused.error_lines[0]
+    assert out.read_text() == "someone else's file"
+    file_cli("key", "export", record["keyid"], "--private", "--format", "notary", "-o", str(out),
+             "--force")
     assert out.stat().st_mode & 0o777 == 0o600
     text = out.read_text()
     assert "role: targets\n" in text and "gun: example.com/app\n" in text

@@ -413,3 +413,125 @@ def test_a_token_removed_mid_way_leaves_the_repository_unchanged(softhsm, tmp_pa
         stores.token.rescan()  # leave this process's SoftHSM without the deleted token
         stores.close()
     assert tree_digest(path) == before
+
+
+@pytest.mark.parametrize("missing", [{"HSMSIGN_TOKEN_LABEL": "no-such-token"},
+                                     {"HSMSIGN_PKCS11_MODULE": "/nonexistent/libpkcs11.so"}])
+def test_a_configured_token_that_is_absent_is_an_error_never_an_unsigned_root(repo, missing):
+    """The root key is on the token: with the token configured but not there, a change that
+    needs root (rotation, refresh) fails; it is not written unsigned for a key "not here"."""
+    cli, path = repo
+    before = tree_digest(path)
+    targets_key = keyid_of(cli, path, "targets")
+    new = json.loads(cli("key", "generate", "targets", "--json").stdout)["keyid"]
+    expected = "no token" if "HSMSIGN_TOKEN_LABEL" in missing else "nonexistent"
+    for args in (["rotate", str(path), "targets", "--add-key", new, "--remove-key", targets_key],
+                 ["repo", "refresh", str(path), "--role", "root", "--within", "400"]):
+        result = cli.fails(*args, env=missing)
+        assert expected in result.error_lines[0], (args, result.stderr)
+        assert tree_digest(path) == before, args
+    # What needs only the file keys still works; status warns that the token is not counted.
+    cli("target", "add", str(path), "x", "--length", "1", "--sha256", "e" * 64, env=missing)
+    status = cli("repo", "status", str(path), env=missing)
+    assert "warning: token keys not counted as here" in status.stderr
+    cli("repo", "verify", str(path))
+
+
+def test_commands_on_a_directory_that_is_not_a_repository(repo, tmp_path):
+    cli, _ = repo
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for args in (["repo", "refresh", str(tmp_path / "missing")],
+                 ["repo", "refresh", str(plain)],
+                 ["target", "add", str(plain), "x", "--length", "1", "--sha256", "e" * 64]):
+        assert "is not an hsmsign repository" in cli.fails(*args).error_lines[0], args
+    assert list(plain.iterdir()) == []  # not even a lock file
+    assert not (tmp_path / "missing").exists()
+
+
+def test_target_changes_are_counted_and_a_change_that_changes_nothing_writes_nothing(repo, tmp_path):
+    cli, path = repo
+    cli("target", "add", str(path), "a", "--length", "1", "--sha256", "a" * 64)
+    before = tree_digest(path)
+    same = cli("target", "add", str(path), "a", "--length", "1", "--sha256", "a" * 64)
+    assert "already has these 1 target(s) as given; nothing changed" in same.stderr
+    assert tree_digest(path) == before
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"a": {"length": 2, "hashes": {"sha256": "b" * 64}},
+                                    "b": {"length": 1, "hashes": {"sha256": "c" * 64}},
+                                    "c": {"length": 1, "hashes": {"sha256": "d" * 64}}}))
+    out = cli("target", "add", str(path), "--from-manifest", str(manifest))
+    assert "added 2 target(s) to targets; replaced 1 (new length or hashes)" in out.stderr
+    listed = {t["path"]: t["length"] for t in json.loads(cli("target", "list", str(path),
+                                                             "--json").stdout)}
+    assert listed == {"a": 2, "b": 1, "c": 1}
+    before = tree_digest(path)
+    for text, expected in (("[1, 2]", "a JSON manifest is an object"),
+                           ("{}", "lists no targets"),
+                           ("path,length,sha256\n", "lists no targets")):
+        bad = tmp_path / ("bad.csv" if text.startswith("path") else "bad.json")
+        bad.write_text(text)
+        result = cli.fails("target", "add", str(path), "--from-manifest", str(bad))
+        assert expected in result.error_lines[0], text
+    assert "unknown role 'relases'" in cli.fails("target", "list", str(path), "--role",
+                                                  "relases").error_lines[0]
+    assert tree_digest(path) == before
+
+
+def test_signer_add_with_paths_for_nested_targets(repo):
+    cli, path = repo
+    bob = json.loads(cli("key", "generate", "bob", "--json").stdout)["keyid"]
+    cli("signer", "add", "bob", "--key", bob, "--path", "app/*", str(path))
+    delegations = {d["role"]: d for d in json.loads(cli("delegation", "list", str(path),
+                                                        "--json").stdout)}
+    assert delegations["bob"]["paths"] == ["app/*"]
+    assert delegations["releases"]["paths"] == ["app/*"]
+    cli("target", "add", str(path), "app/v1.tgz", "--length", "1", "--sha256", "e" * 64,
+        "--role", "bob")
+    cli("repo", "verify", str(path))
+
+
+def test_sign_says_when_the_keys_here_have_already_signed(repo):
+    cli, path = repo
+    out = cli("sign", str(path), "root")
+    root_key = keyid_of(cli, path, "root")
+    assert f"root v1 is already signed by the key(s) here ({root_key[:7]}); nothing changed" \
+        in out.stderr
+    assert "signed now: none" in out.stderr
+
+
+def test_refresh_json_says_what_was_refreshed_and_skipped(repo, env):
+    cli, path = repo
+    no_root = Cli(cli.home, {k: v for k, v in env.items()
+                             if not k.startswith(("HSMSIGN_PKCS11", "HSMSIGN_TOKEN", "SOFTHSM"))})
+    out = json.loads(no_root("repo", "refresh", str(path), "--within", "400", "--json").stdout)
+    assert out["refreshed"] == ["targets", "snapshot", "timestamp"]
+    assert [s.split(":")[0] for s in out["skipped"]] == ["root"]
+    assert "timestamp.json" in out["written"]
+
+
+def test_verify_against_another_repositorys_root_says_so(repo, tmp_path, env):
+    cli, path = repo
+    other = tmp_path / "other"
+    cli("repo", "init", str(other))
+    cli("rotate", str(path), "targets", "--add-key",
+        json.loads(cli("key", "generate", "targets", "--json").stdout)["keyid"])
+    cli("rotate", str(path), "root", "--add-key",
+        json.loads(cli("key", "generate", "root", "--store", "file", "--json").stdout)["keyid"])
+    result = cli.fails("repo", "verify", str(path), "--root",
+                       str(other / "metadata" / "1.root.json"))
+    assert "not signed by a threshold of the keys of the trusted root you gave" \
+        in result.error_lines[0]
+
+
+def test_init_root_store_and_its_hint(env, tmp_path):
+    cli = Cli(tmp_path / "home", {**env, "HSMSIGN_TOKEN_LABEL": "no-such-token"})
+    refused = cli.fails("repo", "init", str(tmp_path / "r"))
+    assert refused.error_lines[0].endswith("or pass --root-store file to keep the root key in a file")
+    assert not (tmp_path / "r").exists()
+    out = cli("repo", "init", str(tmp_path / "r"), "--root-store", "file")
+    assert "generated root key" in out.stderr and "in file (asked for a file key)" in out.stderr
+    keys = json.loads(cli("key", "list", "--json").stdout)
+    assert {k["role"]: k["store"] for k in keys}["root"] == "file"
+    assert "drop it" in cli.fails("repo", "init", str(tmp_path / "r2"), "--root-store", "file",
+                                  "--root-key", keys[0]["keyid"]).error_lines[0]

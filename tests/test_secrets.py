@@ -121,7 +121,7 @@ def test_import_dir_with_different_delegation_passphrases_asks_again(file_cli, h
     child = _spawn(file_cli, "key", "import", str(trust.parent), "--json")
     child.expect("Enter passphrase for ")
     child.sendline("alice passphrase")
-    child.expect("Wrong passphrase. Try again.")
+    child.expect("The passphrase typed before does not open ")
     child.expect("Enter passphrase for ")
     child.sendline("bob passphrase!")
     child.expect(pexpect.EOF)

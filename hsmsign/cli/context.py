@@ -77,12 +77,15 @@ class AppContext:
             service = SigningService(self.stores, only=only)
         return HsmsignRepository(Path(path), service)
 
-    def locked(self, path):
-        """Hold the repository's lock for the rest of the command."""
+    def locked(self, path, *, new: bool = False):
+        """Hold the repository's lock for the rest of the command. Unless the command makes a
+        `new` repository, the directory must be one (no lock file is left in any other)."""
         from pathlib import Path
 
-        from hsmsign.repository import RepositoryLock
+        from hsmsign.repository import HsmsignRepository, RepositoryLock
 
+        if not new:
+            HsmsignRepository(Path(path)).require()
         return RepositoryLock(Path(path))
 
     def public_key(self, key_or_pem: str):
@@ -96,16 +99,18 @@ class AppContext:
         keyid = self.stores.resolve(key_or_pem)
         return tuf_key(self.stores.public_key(keyid))
 
-    def report_signing(self, repo, written: list[str]) -> None:
-        """What was signed, and what still needs signatures (stderr, or JSON on stdout)."""
+    def report_signing(self, repo, written: list[str], extra: dict | None = None) -> None:
+        """What was signed, and what still needs signatures (stderr, or JSON on stdout, with
+        the command's `extra` fields)."""
         reports = list(repo.reports.values())
         if self.json:
-            self.emit_json({"written": written, "signing": [r.to_json() for r in reports]})
+            self.emit_json({**(extra or {}), "written": written,
+                            "signing": [r.to_json() for r in reports]})
             return
         for name in written:
             self.note(f"wrote metadata/{name}")
         for r in reports:
-            here = ", ".join(k[:7] for k in r.signed_here) or "no key here"
+            here = ", ".join(k[:7] for k in r.signed_here) or "none"
             line = f"{r.role} v{r.version}: {len(r.valid)}/{r.threshold} signatures (signed now: {here})"
             if r.missing:
                 line += (f"; needs {r.missing} more from: "

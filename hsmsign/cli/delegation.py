@@ -107,10 +107,13 @@ def signer():
 @signer.command("add")
 @click.argument("name")
 @click.option("--key", "keys", multiple=True, required=True, help="Public key PEM or key ID (repeat).")
+@click.option("--path", "paths", multiple=True, metavar="PATTERN",
+              help="Targets both roles may sign (repeat; default '*': every name without a '/', "
+                   "as DCT's tags).")
 @REPO
 @common_options
 @pass_app
-def signer_add(app, name, keys, repo):
+def signer_add(app, name, keys, paths, repo):
     """Add signer NAME: its keys join the releases delegation and a delegation named NAME."""
     public = [app.public_key(k) for k in keys]
     with app.locked(repo):
@@ -120,8 +123,8 @@ def signer_add(app, name, keys, repo):
             if repository.role_exists(role):
                 present = set(repository.role_keys(role)[0])
             new_keys = [k for k in public if k.keyid not in present]
-            if new_keys or not repository.role_exists(role):
-                repository.add_delegation(role, new_keys, paths=None, threshold=None,
+            if new_keys or paths or not repository.role_exists(role):
+                repository.add_delegation(role, new_keys, paths=list(paths) or None, threshold=None,
                                           terminating=False, parent="targets")
         written = repository.commit()
     if not app.json:

@@ -152,6 +152,9 @@ def export(app, keyid, output, private, format_):
     from hsmsign.fsutil import atomic_write
     from hsmsign.keys import public_key_pem
 
+    if output is not None and output.exists() and not app.force:
+        raise HsmsignError(f"{output} already exists; choose another name, or --force to "
+                           "replace it")
     stores = app.stores
     keyid = stores.resolve(keyid)
     if private:

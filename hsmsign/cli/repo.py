@@ -33,6 +33,9 @@ def repo():
 @REPO
 @click.option("--root-key", "root_keys", multiple=True, help="Key ID or public key PEM (repeat).")
 @click.option("--root-threshold", type=int, default=1, show_default=True)
+@click.option("--root-store", type=click.Choice(["auto", "file", "token", "yubikey"]), default="auto",
+              show_default=True,
+              help="Where a generated root key goes (auto: a YubiKey, else a token, else a file).")
 @click.option("--targets-key", help="Key ID or public key PEM; generated as a file if absent.")
 @click.option("--snapshot-key", help="Key ID or public key PEM; generated as a file if absent.")
 @click.option("--timestamp-key", help="Key ID or public key PEM; generated as a file if absent.")
@@ -40,7 +43,8 @@ def repo():
               help="Expiry period (defaults: root=365 targets=90 snapshot=7 timestamp=1 delegation=90).")
 @common_options
 @pass_app
-def init(app, repo, root_keys, root_threshold, targets_key, snapshot_key, timestamp_key, expires):
+def init(app, repo, root_keys, root_threshold, root_store, targets_key, snapshot_key,
+         timestamp_key, expires):
     """Create signed initial metadata for root, targets, snapshot and timestamp."""
     import shutil
 
@@ -50,13 +54,17 @@ def init(app, repo, root_keys, root_threshold, targets_key, snapshot_key, timest
     from hsmsign.repository import check_init_arguments
 
     expiry = _parse_expires(expires)
+    if root_keys and root_store != "auto":
+        raise HsmsignError("--root-store places a generated root key; with --root-key, drop it")
     check_init_arguments(max(1, len(root_keys)), root_threshold, expiry)
     created = not repo.exists()
     if (repo / "metadata").exists() and any((repo / "metadata").iterdir()):
-        raise HsmsignError(f"{repo}/metadata is not empty; nothing changed")
+        raise HsmsignError(f"{repo}/metadata is not empty; nothing changed (to change this "
+                           "repository, see `hsmsign repo status`; to start anew, choose an empty "
+                           "directory)")
     repo.mkdir(parents=True, exist_ok=True)
     try:
-        with app.locked(repo):
+        with app.locked(repo, new=True):
             repository = app.repository(repo)
             if repository.exists():
                 raise HsmsignError(f"{repo} already has metadata; nothing changed")
@@ -64,7 +72,9 @@ def init(app, repo, root_keys, root_threshold, targets_key, snapshot_key, timest
             def key_for(role: str, given: str | None):
                 if given:
                     return app.public_key(given)
-                record, why = app.stores.generate(role, None, algorithm(DEFAULT_ALGORITHM), "auto")
+                store = root_store if role == "root" else "auto"
+                record, why = app.stores.generate(role, None, algorithm(DEFAULT_ALGORITHM), store,
+                                                  file_option="--root-store file")
                 app.note(f"generated {role} key {record.keyid} in {record.store} ({why})")
                 return app.public_key(record.keyid)
 
@@ -89,7 +99,13 @@ def status(app, repo):
     """Versions, expiry, thresholds, who signed and who must still sign."""
     from hsmsign.verification import status as repo_status
 
+    from hsmsign.keystore.pkcs11 import TokenError
+
     repository = app.repository(repo, signing=False)
+    try:
+        app.stores.require_configured_token()
+    except TokenError as e:
+        app.note(f"warning: token keys not counted as here: {e}")
     held = app.stores.all_keyids()
     roles = repo_status(repository, held)
     if app.json:
@@ -159,4 +175,4 @@ def refresh(app, repo, roles, within):
         app.note(f"skipped {line}")
     if not app.json:
         app.note(f"refreshed: {', '.join(refreshed) or 'nothing was due'}")
-    app.report_signing(repository, written)
+    app.report_signing(repository, written, {"refreshed": refreshed, "skipped": skipped})

@@ -26,7 +26,14 @@ def sign(app, repo, role, keys):
         report = repository.sign_current(role)
         written = repository.commit()
     if not report.signed_here and not app.json:
-        app.note(f"no key of {role} that has not signed yet is here; nothing changed")
+        here = [k for k in repository.signing.available(report.authorized) if k in report.valid]
+        if here:
+            app.note(f"{role} v{report.version} is already signed by the key(s) here "
+                     f"({', '.join(k[:7] for k in here)}); nothing changed")
+        elif only:
+            app.note(f"no key given with --key is a key of {role}; nothing changed")
+        else:
+            app.note(f"no key of {role} is here; nothing changed")
     app.report_signing(repository, written)
 
 

@@ -51,10 +51,19 @@ def add(app, repo, path, file_, length, sha256, from_manifest, role):
         raise HsmsignError("give --file FILE, or both --length N and --sha256 HEX")
     with app.locked(repo):
         repository = app.repository(repo)
-        count = repository.add_targets(role, targets, uploads)
+        changes = repository.add_targets(role, targets, uploads)
         written = repository.commit()
     if not app.json:
-        app.note(f"added {count} target(s) to {role}")
+        if written:
+            parts = [f"added {changes.added} target(s) to {role}"]
+            if changes.replaced:
+                parts.append(f"replaced {changes.replaced} (new length or hashes)")
+            if changes.unchanged:
+                parts.append(f"{changes.unchanged} already there as given")
+            app.note("; ".join(parts))
+        else:
+            app.note(f"{role} already has these {changes.unchanged} target(s) as given; "
+                     "nothing changed")
     app.report_signing(repository, written)
 
 
@@ -84,6 +93,8 @@ def list_(app, repo, role):
     """Every target of every role, with length and SHA-256."""
     repository = app.repository(repo, signing=False)
     repository.require()
+    if role is not None:
+        repository.require_role(role)
     rows = [(r, t) for r, t in repository.all_targets() if role is None or r == role]
     if app.json:
         app.emit_json([{"role": r, "path": t.path, "length": t.length, "hashes": t.hashes,

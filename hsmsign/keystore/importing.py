@@ -57,7 +57,8 @@ def _layout_role_and_gun(path: Path) -> tuple[str | None, str | None]:
     return role, gun
 
 
-def _read(stores: KeyStores, path: Path, role: str | None, gun: str | None):
+def _read(stores: KeyStores, path: Path, role: str | None, gun: str | None, *,
+          shown: str, outcome: str):
     try:
         data = path.read_bytes()
         block = pkcs8.read_private_key_pem(data)
@@ -90,13 +91,14 @@ def _read(stores: KeyStores, path: Path, role: str | None, gun: str | None):
 
     passphrase = None
     if block.encrypted:
-        purpose = f"{role} key {path.name}"
-
         def unlocked(candidate: str):
             key = attempt(candidate)
             return None if key is None else (key, candidate)
 
-        key, passphrase = stores.secrets.unlock(role, purpose, unlocked)
+        try:
+            key, passphrase = stores.secrets.unlock(role, f"{role} key {shown}", unlocked)
+        except HsmsignError as e:
+            raise HsmsignError(f"{e}; {outcome}") from None
     else:
         key = attempt(None)
     algorithm_of(key.public_key())  # refuse keys TUF cannot use before writing anything
@@ -104,8 +106,12 @@ def _read(stores: KeyStores, path: Path, role: str | None, gun: str | None):
 
 
 def import_keys(stores: KeyStores, path: Path, *, role: str | None = None, gun: str | None = None,
-                store: str = "file") -> list[ImportResult]:
-    """Import one key file or a whole trust dir; nothing is written unless every file reads."""
+                store: str = "file", shown_from: Path | None = None,
+                outcome: str = "nothing imported") -> list[ImportResult]:
+    """Import one key file or a whole trust dir; nothing is written unless every file reads.
+
+    Messages name a file by its full path, or relative to `shown_from`; a wrong passphrase
+    ends with `outcome`."""
     files = key_files(path)
     if not files:
         raise HsmsignError(f"no key files (*.key, *.pem) in {path}")
@@ -114,7 +120,9 @@ def import_keys(stores: KeyStores, path: Path, *, role: str | None = None, gun: 
     present = set(target.keyids())
     planned = []
     for file in files:
-        key, file_role, file_gun, passphrase = _read(stores, file, role, gun)
+        shown = str(file if shown_from is None else file.relative_to(shown_from))
+        key, file_role, file_gun, passphrase = _read(stores, file, role, gun, shown=shown,
+                                                     outcome=outcome)
         keyid = key_id(key.public_key())
         if keyid in present and single:
             raise HsmsignError(f"key {keyid} is already in the {target.kind} store; nothing imported")

@@ -54,6 +54,14 @@ class KeyStores:
             return False
         return self.token.is_present()
 
+    def require_configured_token(self) -> None:
+        """A TokenError saying why, when the token the user configured (module, label or serial)
+        cannot be used. For when keys are missing: read as "no key here", an absent token
+        would let a change be written without the signatures it was meant to give."""
+        if (self.token_config.explicit and self.token_config.candidate_modules()
+                and not self.token_available()):
+            self.token.require_present()
+
     def yubikey_available(self) -> bool:
         """A YubiKey is plugged in (and tokens are not switched off for this home)."""
         return (self.token_config.enabled and self.token_config.yubikeys
@@ -131,8 +139,10 @@ class KeyStores:
 
     # -- changes -----------------------------------------------------------------------
 
-    def choose_store(self, role: str, store: str) -> tuple[str, str]:
-        """The store a new key of `role` goes to, and why (for the user)."""
+    def choose_store(self, role: str, store: str, *,
+                     file_option: str = "--store file") -> tuple[str, str]:
+        """The store a new key of `role` goes to, and why (for the user); `file_option` is
+        how the command the user ran asks for a file key instead."""
         if store == "file":
             return "file", "asked for a file key"
         if store == "token":
@@ -154,7 +164,7 @@ class KeyStores:
             except TokenError as e:
                 # A token the user named, or several to choose from: never a silent file.
                 if self.token_config.explicit or "several tokens" in str(e):
-                    raise TokenError(f"{e}; or pass --store file to keep the root key in a file") from None
+                    raise TokenError(f"{e}; or pass {file_option} to keep the root key in a file") from None
             else:
                 why = f"a PKCS#11 token is present: {self.token.token_name}"
                 if "softhsm" in self.token.module.lower():
@@ -165,8 +175,9 @@ class KeyStores:
                         "encrypted file instead")
 
     def generate(self, role: str, gun: str | None, alg: Algorithm, store: str, *,
-                 yubikey: YubiKeyOptions | None = None) -> tuple[KeyRecord, str]:
-        where, why = self.choose_store(role, store)
+                 yubikey: YubiKeyOptions | None = None,
+                 file_option: str = "--store file") -> tuple[KeyRecord, str]:
+        where, why = self.choose_store(role, store, file_option=file_option)
         if where == "yubikey":
             return self.yubikey.generate(role, alg, yubikey or YubiKeyOptions()), why
         if yubikey is not None:
