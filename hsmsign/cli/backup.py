@@ -141,7 +141,7 @@ def verify(app, archive, identities, check_passphrases):
     manifest = result.manifest
     rows = [[k.role, k.gun or "", k.keyid, k.algorithm, k.store,
              "yes" if k.exported else "no (hardware)"] for k in manifest.keys]
-    _table(app, KEY_COLUMNS, rows, "The backup lists no keys.")
+    app.table(KEY_COLUMNS, rows, "The backup lists no keys.")
     checked = "; every key file opens with its passphrase" if check_passphrases else ""
     app.note(f"{archive}: ok, {len(manifest.exported)} file key(s) and {result.members} members "
              f"match the manifest (made {manifest.created} by hsmsign "
@@ -178,23 +178,6 @@ def restore(app, archive, home_dir, identities, dry_run):
     _show_plan(app, result, dry_run=dry_run)
 
 
-def _table(app, columns: list[str], rows: list[list[str]], empty: str) -> None:
-    """Aligned columns on stdout, as `key list` shows them, but drawn here: rich takes about
-    a second for the thousand rows of a large backup."""
-    if not rows:
-        app.note(empty)
-        return
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
-
-    header = line(columns)
-    out = [click.style(header, bold=True) if sys.stdout.isatty() else header]
-    out.extend(line(r) for r in rows)
-    click.echo("\n".join(out))
-
-
 _WORDS = {
     "add": ("would add", "added"),
     "identical": ("already there (identical)", "already there (identical)"),
@@ -211,7 +194,7 @@ def _show_plan(app, result, *, dry_run: bool, summary: bool = True) -> None:
         return
     rows = [[e.role, e.gun or "", e.keyid, e.algorithm, _WORDS[e.action][0 if dry_run else 1]]
             for e in result.entries]
-    _table(app, RESTORE_COLUMNS, rows, "The backup holds no keys.")
+    app.table(RESTORE_COLUMNS, rows, "The backup holds no keys.")
     sys.stdout.flush()
     if not summary:
         return
