@@ -441,10 +441,15 @@ def test_commands_on_a_directory_that_is_not_a_repository(repo, tmp_path):
     cli, _ = repo
     plain = tmp_path / "plain"
     plain.mkdir()
-    for args in (["repo", "refresh", str(tmp_path / "missing")],
-                 ["repo", "refresh", str(plain)],
+    missing = str(tmp_path / "missing")
+    for args in (["repo", "refresh", missing], ["repo", "refresh", str(plain)],
+                 ["repo", "status", missing], ["repo", "verify", missing],
+                 ["target", "list", missing], ["delegation", "list", missing],
+                 ["sign", missing, "root"], ["signer", "remove", "alice", missing],
                  ["target", "add", str(plain), "x", "--length", "1", "--sha256", "e" * 64]):
-        assert "is not an hsmsign repository" in cli.fails(*args).error_lines[0], args
+        result = cli.fails(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "is not an hsmsign repository" in result.error_lines[0], args
     assert list(plain.iterdir()) == []  # not even a lock file
     assert not (tmp_path / "missing").exists()
 

@@ -6,6 +6,7 @@ import getpass
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
@@ -66,8 +67,6 @@ class AppContext:
 
     def repository(self, path, *, signing: bool = True, only: set[str] | None = None):
         """An `HsmsignRepository` with this machine's keys (no lock: see `locked`)."""
-        from pathlib import Path
-
         from hsmsign.repository import HsmsignRepository
 
         service = None
@@ -80,8 +79,6 @@ class AppContext:
     def locked(self, path, *, new: bool = False):
         """Hold the repository's lock for the rest of the command. Unless the command makes a
         `new` repository, the directory must be one (no lock file is left in any other)."""
-        from pathlib import Path
-
         from hsmsign.repository import HsmsignRepository, RepositoryLock
 
         if not new:
@@ -142,6 +139,11 @@ class AppContext:
         out = [click.style(header, bold=True) if sys.stdout.isatty() else header]
         out.extend(line(r) for r in rows)
         click.echo("\n".join(out))
+
+
+# A repository directory. Not checked by click: commands say "not an hsmsign repository"
+# (one `error:` line, status 1) for a missing directory as for any other.
+REPO = click.argument("repo", type=click.Path(path_type=Path))
 
 
 def _set_flag(name: str):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from hsmsign.cli.context import common_options, pass_app
+from hsmsign.cli.context import REPO, common_options, pass_app
 
-REPO = click.argument("repo", type=click.Path(file_okay=False, exists=True, path_type=Path))
 RELEASES = "releases"
 
 

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from hsmsign.cli.context import common_options, pass_app
-
-REPO = click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+from hsmsign.cli.context import REPO, common_options, pass_app
 
 
 def _parse_expires(values: tuple[str, ...]) -> dict[str, float]:
@@ -57,6 +55,8 @@ def init(app, repo, root_keys, root_threshold, root_store, targets_key, snapshot
     if root_keys and root_store != "auto":
         raise HsmsignError("--root-store places a generated root key; with --root-key, drop it")
     check_init_arguments(max(1, len(root_keys)), root_threshold, expiry)
+    if repo.exists() and not repo.is_dir():
+        raise HsmsignError(f"{repo} is a file; give a directory for the repository")
     created = not repo.exists()
     if (repo / "metadata").exists() and any((repo / "metadata").iterdir()):
         raise HsmsignError(f"{repo}/metadata is not empty; nothing changed (to change this "

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from hsmsign.cli.context import common_options, pass_app
-
-REPO = click.argument("repo", type=click.Path(file_okay=False, exists=True, path_type=Path))
+from hsmsign.cli.context import REPO, common_options, pass_app
 
 
 @click.group()
