@@ -96,6 +96,10 @@ def signer_for(stores: KeyStores, keyid: str, public_key: Key | None = None) -> 
     record = stores.locate(keyid)[0]
     if public_key is not None and public_key.keyid != keyid:
         raise HsmsignError(f"public key {public_key.keyid} does not belong to key {keyid}")
+    if public_key is not None and not _same_key(public_key, tuf_key(stores.public_key(keyid))):
+        # Else every signature would fail to verify against the key the caller will check with.
+        raise HsmsignError(f"the public key given for {keyid} is not that key's public key "
+                           "(its key ID matches, its key material does not)")
     if record.store == "yubikey":
         return YubiKeySigner(stores.yubikey, keyid, public_key)
     if record.store == "token":
@@ -103,14 +107,38 @@ def signer_for(stores: KeyStores, keyid: str, public_key: Key | None = None) -> 
     return FileSigner(stores.files, keyid, public_key)
 
 
+def _same_key(a: Key, b: Key) -> bool:
+    """The same public key: type and material, however its PEM is written."""
+    def material(key: Key) -> str:
+        return "".join(str(key.keyval.get("public", "")).split())
+
+    if a.keytype != b.keytype:
+        return False
+    if material(a) == material(b):
+        return True
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding, PublicFormat, load_pem_public_key)
+
+    def der(key: Key) -> bytes:
+        return load_pem_public_key(str(key.keyval["public"]).encode()).public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+    try:
+        return der(a) == der(b)
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
 class _HandlerPrompter:
-    """Lets a securesystemslib secrets handler answer hsmsign's prompts."""
+    """Lets a securesystemslib secrets handler answer hsmsign's prompts. It is asked, as
+    securesystemslib's own signers ask theirs, for a "pin" (token, YubiKey) or a
+    "passphrase" (encrypted key file)."""
 
     def __init__(self, handler: SecretsHandler):
         self.handler = handler
 
     def ask_secret(self, prompt: str) -> str:
-        return self.handler(prompt.strip().rstrip(":"))
+        return self.handler("pin" if "PIN" in prompt else "passphrase")
 
     def tell(self, message: str) -> None:
         pass
@@ -126,7 +154,10 @@ class HsmsignSigner(Signer):
         if scheme != URI_SCHEME or not keyid:
             raise ValueError(f"not an {URI_SCHEME}: key URI: {priv_key_uri}")
         home = resolve_home(None)
-        secrets = Secrets(prompter=_HandlerPrompter(secrets_handler) if secrets_handler else None)
+        # A handler given is the one source of secrets (as for securesystemslib's signers);
+        # without one, the environment (HSMSIGN_PIN, HSMSIGN_<ROLE>_PASSPHRASE, ...).
+        secrets = (Secrets(environ={}, prompter=_HandlerPrompter(secrets_handler))
+                   if secrets_handler else Secrets(prompter=None))
         stores = KeyStores(home, secrets, load_token_config(home))
         return signer_for(stores, stores.resolve(keyid), public_key)
 

@@ -540,3 +540,18 @@ def test_init_root_store_and_its_hint(env, tmp_path):
     assert {k["role"]: k["store"] for k in keys}["root"] == "file"
     assert "drop it" in cli.fails("repo", "init", str(tmp_path / "r2"), "--root-store", "file",
                                   "--root-key", keys[0]["keyid"]).error_lines[0]
+
+
+def test_init_asks_every_secret_before_it_makes_a_key(softhsm, tmp_path):
+    """Only the PIN is there: the passphrase of the targets key is missing. Nothing is made,
+    not even the root key on the token, which a retry would otherwise pile up."""
+    env = clean_environ(**softhsm.env())
+    cli = Cli(tmp_path / "home", env)
+    token_keys = lambda: {k["keyid"] for k in json.loads(cli("key", "list", "--json").stdout)  # noqa: E731
+                          if k["store"] == "token"}
+    before = token_keys()
+    result = cli.fails("repo", "init", str(tmp_path / "r"))
+    assert "HSMSIGN_TARGETS_PASSPHRASE" in result.error_lines[0]
+    assert "generated" not in result.stderr
+    assert token_keys() == before and not (tmp_path / "r").exists()
+    assert not list((tmp_path / "home").rglob("*.key"))

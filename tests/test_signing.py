@@ -11,6 +11,7 @@ from tuf.api.metadata import Metadata, Root, Targets
 
 from conftest import PASSPHRASE, Cli, clean_environ, passphrase_env
 from hsmsign.config import load_token_config
+from hsmsign.errors import HsmsignError
 from hsmsign.keystore.stores import KeyStores
 from hsmsign.secrets import Secrets
 from hsmsign.signing import FileSigner, TokenSigner, signer_for
@@ -100,7 +101,8 @@ def test_hsmsign_uri_scheme_finds_the_key(keyed_home, monkeypatch, softhsm):
     for name, value in softhsm.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("HSMSIGN_HOME", str(keyed_home))
-    monkeypatch.delenv("HSMSIGN_DELEGATION_PASSPHRASE", raising=False)
+    # A handler given is the one source of secrets: a wrong one in the environment is not used.
+    monkeypatch.setenv("HSMSIGN_DELEGATION_PASSPHRASE", "not the passphrase")
     asked = []
 
     def handler(what: str) -> str:
@@ -109,7 +111,15 @@ def test_hsmsign_uri_scheme_finds_the_key(keyed_home, monkeypatch, softhsm):
 
     signer = Signer.from_priv_key_uri(f"hsmsign:{record.keyid}", public, handler)
     public.verify_signature(signer.sign(b"data"), b"data")
-    assert len(asked) == 1 and "passphrase" in asked[0].lower()
+    assert asked == ["passphrase"]  # securesystemslib's names: "pin", "passphrase"
+
+    # A public key whose ID is the key's but whose material is another key's is refused
+    # up front: every signature would fail to verify against it.
+    other = next(r for r in files.list_keys() if r.keyid != record.keyid)
+    impostor = tuf_key(files.public_key(other.keyid))
+    impostor = type(impostor)(record.keyid, impostor.keytype, impostor.scheme, impostor.keyval)
+    with pytest.raises(HsmsignError, match="not that key's public key"):
+        Signer.from_priv_key_uri(f"hsmsign:{record.keyid}", impostor, handler)
 
 
 def _batch(n: int) -> list[Metadata]:

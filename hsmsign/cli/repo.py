@@ -62,33 +62,50 @@ def init(app, repo, root_keys, root_threshold, root_store, targets_key, snapshot
         raise HsmsignError(f"{repo}/metadata is not empty; nothing changed (to change this "
                            "repository, see `hsmsign repo status`; to start anew, choose an empty "
                            "directory)")
+    online = {"targets": targets_key, "snapshot": snapshot_key, "timestamp": timestamp_key}
+    generated: list = []  # records of keys this command made: removed again if it fails
     repo.mkdir(parents=True, exist_ok=True)
     try:
         with app.locked(repo, new=True):
             repository = app.repository(repo)
             if repository.exists():
                 raise HsmsignError(f"{repo} already has metadata; nothing changed")
+            given = {k: app.public_key(k) for k in (*root_keys, *filter(None, online.values()))}
+            # Every secret before the first key is made: a missing one must not leave a
+            # root key behind on a token.
+            for role, keyid in online.items():
+                if not keyid:
+                    app.stores.secrets.new_passphrase(role)
 
-            def key_for(role: str, given: str | None):
-                if given:
-                    return app.public_key(given)
+            def generate(role: str):
                 store = root_store if role == "root" else "auto"
                 record, why = app.stores.generate(role, None, algorithm(DEFAULT_ALGORITHM), store,
                                                   file_option="--root-store file")
+                generated.append(record)
                 app.note(f"generated {role} key {record.keyid} in {record.store} ({why})")
                 return app.public_key(record.keyid)
 
-            roots = [app.public_key(k) for k in root_keys] or [key_for("root", None)]
-            role_keys = {role: [key_for(role, given)] for role, given in
-                         (("targets", targets_key), ("snapshot", snapshot_key),
-                          ("timestamp", timestamp_key))}
+            roots = [given[k] for k in root_keys] or [generate("root")]
+            role_keys = {role: [given[keyid] if keyid else generate(role)]
+                         for role, keyid in online.items()}
             repository.init(roots, root_threshold, role_keys, expiry)
             written = repository.commit()
     except BaseException:
         if created:
             shutil.rmtree(repo, ignore_errors=True)
+        _remove_generated(app, generated)
         raise
     app.report_signing(repository, written)
+
+
+def _remove_generated(app, records) -> None:
+    """Undo the keys a failed `repo init` made; say which could not be removed."""
+    for record in records:
+        try:
+            app.stores.store_of(record).remove(record.keyid)
+        except Exception as e:  # noqa: BLE001 - the original error is the one to report
+            app.note(f"warning: the {record.role} key {record.keyid} made by this command is "
+                     f"still in {record.store} ({e}); remove it with `hsmsign key remove`")
 
 
 @repo.command()
