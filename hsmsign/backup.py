@@ -97,6 +97,13 @@ def _hsmsign_version() -> str:
     return __version__
 
 
+def _read_no_link(path: Path) -> bytes:
+    """A key file's bytes; a symbolic link (to who knows what) is refused (ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def collect(stores: KeyStores, *, now: datetime | None = None,
             progress: Progress = _no_progress) -> tuple[Manifest, dict[str, bytes], list[str]]:
     """The manifest and the members (name -> bytes) of a backup of `stores`' home."""
@@ -111,13 +118,20 @@ def collect(stores: KeyStores, *, now: datetime | None = None,
         # What FileKeyStore.record says, from the bytes read once for the archive.
         key_path = files.key_path(keyid)
         try:
-            data = key_path.read_bytes()
+            data = _read_no_link(key_path)
             block = pkcs8.read_private_key_pem(data)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise HsmsignError(f"key file {key_path} is a symbolic link; nothing was backed "
+                                   "up; hsmsign keeps key files themselves in private/") from None
             raise HsmsignError(f"cannot read key file {key_path}: {e.strerror}") from None
         except pkcs8.KeyFormatError as e:
             raise HsmsignError(f"key file {key_path} is corrupt ({e}); nothing was backed up; "
                                "restore or remove it first") from None
+        if not block.encrypted:  # hsmsign never writes one: planted, or put there by hand
+            raise HsmsignError(f"key file {key_path} is not encrypted; nothing was backed up; "
+                               "import it with `hsmsign key import` (which encrypts it), then "
+                               "remove this file")
         headers = {k.lower(): v for k, v in block.headers.items()}
         entry_files = [_member(f"private/{keyid}.key", data, members)]
         algorithm = "unknown"
@@ -620,6 +634,7 @@ def _restore_manifest(opened: Opened, home: Path, *, dry_run: bool, force: bool,
 def _restore_tree(opened: Opened, home: Path, secrets: Secrets, *, dry_run: bool,
                   progress: Progress) -> RestoreResult:
     """Import the key files of a notary / docker trust dir (every layout `key import` reads)."""
+    from hsmsign import pkcs8
     from hsmsign.config import NO_TOKEN
     from hsmsign.keystore.importing import KEY_SUFFIXES, import_keys
     from hsmsign.keystore.stores import KeyStores
@@ -628,6 +643,16 @@ def _restore_tree(opened: Opened, home: Path, secrets: Secrets, *, dry_run: bool
     if not sources:
         raise HsmsignError(f"{opened.path} holds no {archive.MANIFEST_NAME} and no key files "
                            "(*.key, *.pem): nothing to restore")
+    for name, data in sources.items():
+        # The members are staged on disk for the import: never a private key in the clear.
+        try:
+            clear = not pkcs8.read_private_key_pem(data).encrypted
+        except pkcs8.KeyFormatError:
+            continue  # the import says what is wrong with it
+        if clear:
+            raise ArchiveError(f"member {name!r} is a private key in the clear: refused (a key "
+                               "backup must be encrypted; `hsmsign key import` takes such a "
+                               "file, and encrypts it)")
     work = Path(tempfile.mkdtemp(prefix="hsmsign-restore-"))  # 0700
     try:
         src = work / "src"

@@ -725,6 +725,9 @@ def _check_key_members(key: ManifestKey, files: dict[str, bytes]) -> None:
         block = pkcs8.read_private_key_pem(files[name])
     except pkcs8.KeyFormatError as e:
         raise ArchiveError(f"member {name} is not a key file ({e})") from None
+    if not block.encrypted:
+        raise ArchiveError(f"member {name} is a private key in the clear: refused (hsmsign "
+                           "backs up only encrypted key files)")
     headers = {k.lower(): v for k, v in block.headers.items()}
     if headers.get("role", "unknown") != key.role or (headers.get("gun") or None) != key.gun:
         raise ArchiveError(f"member {name} says role {headers.get('role')!r} / gun "

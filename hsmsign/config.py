@@ -65,12 +65,24 @@ NO_TOKEN = TokenConfig(enabled=False)
 YUBIKEYS_ONLY = TokenConfig(pkcs11=False)
 
 
+def _require_only_yours(config_file: Path) -> None:
+    """The config names a PKCS#11 module, which hsmsign loads as code (with PINs in its
+    environment): refuse one that another user could have written, as ssh does its config."""
+    for path in (config_file, config_file.parent):
+        st = path.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise HsmsignError(f"{path} could be changed by another user (its owner or mode); "
+                               "hsmsign loads the module its config names: make it yours and "
+                               f"not writable by others (chmod go-w {path})")
+
+
 def load_token_config(home: Path, *, module: str | None = None,
                       environ: Mapping[str, str] | None = None) -> TokenConfig:
     environ = os.environ if environ is None else environ
     file_settings: dict = {}
     config_file = home / "config.toml"
     if config_file.exists():
+        _require_only_yours(config_file)
         import tomllib
 
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,11 +11,34 @@ PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
 
+PUBLIC_DIR_MODE = 0o755
+
+
+def _make_dirs(path: Path, mode: int) -> None:
+    """`path` and its missing parents, each with `mode` (pathlib gives parents the umask's)."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:
+            pass
+
+
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) as 0700 if missing; tighten it if it exists."""
-    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    """Create `path` (and missing parents) as 0700; tighten it if it exists."""
+    _make_dirs(path, PRIVATE_DIR_MODE)
     if (path.stat().st_mode & 0o777) != PRIVATE_DIR_MODE:
         path.chmod(PRIVATE_DIR_MODE)
+    return path
+
+
+def ensure_public_dir(path: Path) -> Path:
+    """Create `path` (and missing parents) as 0755 whatever the umask: a repository that
+    others may read, and only its owner may change."""
+    _make_dirs(path, PUBLIC_DIR_MODE)
     return path
 
 
@@ -27,6 +51,26 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> None
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_copy(source: Path, path: Path, mode: int) -> None:
+    """Copy `source` to `path` as `atomic_write` writes: a new temp file (never one that is
+    there already, never through a link), fsync, rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

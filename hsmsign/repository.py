@@ -17,11 +17,11 @@ holds a lock on the repository.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,7 +45,7 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
 from hsmsign.errors import HsmsignError
-from hsmsign.fsutil import atomic_write, fsync_dir
+from hsmsign.fsutil import atomic_copy, atomic_write, ensure_public_dir, fsync_dir
 from hsmsign.keys import TOP_LEVEL_ROLES, normalize_role
 from hsmsign.signing import SigningReport, SigningService, valid_signers
 
@@ -127,7 +127,12 @@ class RepositoryLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RepositoryLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # a link planted in a cloned or shared repository
+                raise RepositoryError(f"{self.path} is a symbolic link; remove it") from None
+            raise
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -430,16 +435,16 @@ class HsmsignRepository(Repository):
                 return 1
             return 0
 
-        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        ensure_public_dir(self.metadata_dir)
         for upload in self._uploads:
-            upload.destination.parent.mkdir(parents=True, exist_ok=True)
-            if not upload.destination.exists():
-                tmp = upload.destination.with_name(f".{upload.destination.name}.tmp")
-                shutil.copyfile(upload.source, tmp)
-                os.chmod(tmp, PUBLIC_FILE_MODE)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, upload.destination)
+            ensure_public_dir(upload.destination.parent)
+            if os.path.lexists(upload.destination):
+                # Its name holds its SHA-256: a regular file there is this file already.
+                if upload.destination.is_symlink() or not upload.destination.is_file():
+                    raise RepositoryError(f"{upload.destination} is there and is not a regular "
+                                          "file; remove it, then add the target again")
+                continue
+            atomic_copy(upload.source, upload.destination, PUBLIC_FILE_MODE)
         if self._config_changed:
             atomic_write(self.path / CONFIG_FILE,
                          json.dumps(self.config, indent=2, sort_keys=True).encode() + b"\n",

@@ -210,6 +210,10 @@ class Secrets:
         for name in variables:
             value = self.environ.get(name)
             if value:
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:  # bytes that are not UTF-8; never show them
+                    raise HsmsignError(f"{name} is not valid UTF-8; set it again") from None
                 return value
         return None
 

@@ -672,3 +672,21 @@ def test_progress_bar_on_a_terminal_for_many_keys(backup_home, tmp_path, no_toke
     quiet = Cli(home, dict(no_token_env))("backup", "create", "-o", str(usb / "2.tar.age"), "-r",
                                           custodians[0][1])
     assert "Reading key files" not in quiet.stderr
+
+
+def test_a_key_file_in_the_clear_or_a_link_is_never_backed_up(backup_home, tmp_path,
+                                                               no_token_env):
+    home = tmp_path / "home"
+    shutil.copytree(backup_home, home, symlinks=True)
+    clear = NOTARY / "pkcs8-vectors" / "03-ecdsa-secp256r1-plain.pem"
+    planted = home / "private" / f"{'b' * 64}.key"
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    cli = Cli(home, {**no_token_env, "HSMSIGN_BACKUP_PASSPHRASE": BACKUP_PASSPHRASE})
+    for make, expected in ((lambda: planted.symlink_to(clear), "is a symbolic link"),
+                           (lambda: planted.write_bytes(clear.read_bytes().replace(
+                               b"-----\n", b"-----\nrole: targets\n\n", 1)), "is not encrypted")):
+        planted.unlink(missing_ok=True)
+        make()
+        assert expected in cli.fails("backup", "create", "-o", str(usb)).error_lines[0]
+        assert list(usb.iterdir()) == []

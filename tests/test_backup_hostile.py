@@ -173,6 +173,15 @@ def case_archive(case: str, real_key: dict, recipient: str, tmp_path: Path) -> P
         members = _replace(good, "MANIFEST.json", member("MANIFEST.json", b"{not json"))
     elif case == "announced-10g":
         members = [good[0], good[1], member(key_name, b"", size=10 * GiB)]
+    elif case == "clear-key":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+        clear = pem.replace(b"-----\n", b"-----\nrole: targets\ngun: example.com/app\n\n", 1)
+        members = good_members({**real_key, "key": clear})
     elif case == "sparse-10g":
         plain = good[0][0].tobuf(tarfile.GNU_FORMAT, "utf-8", "strict") + \
             good[0][1] + b"\0" * (-len(good[0][1]) % 512) + sparse_header(key_name, 10 * GiB) + \
@@ -215,6 +224,7 @@ CASES = {
     "manifest-path": "lists a file named",
     "version": "unknown backup format version 2",
     "manifest-garbage": "MANIFEST.json is invalid: not JSON",
+    "clear-key": "is a private key in the clear: refused",
     "tampered": "is damaged or truncated",
     "truncated": "is damaged or truncated",
     "truncated-header": "is damaged or truncated",
@@ -282,6 +292,7 @@ def _notary_root_key() -> tuple[str, bytes]:
     ("fifo", "is a FIFO"),
     ("duplicate", "appears twice"),
     ("truncated", "truncated or corrupt"),
+    ("clear-key", "is a private key in the clear: refused"),
 ])
 def test_hostile_trust_dir_tar_gz_is_refused(case, expected, tmp_path, no_token_env):
     name, data = _notary_root_key()
@@ -298,6 +309,9 @@ def test_hostile_trust_dir_tar_gz_is_refused(case, expected, tmp_path, no_token_
         members.append(member("private/root_keys/fifo.key", type=tarfile.FIFOTYPE))
     elif case == "duplicate":
         members.append(member(name, data))
+    elif case == "clear-key":
+        members.append(member("private/root_keys/clear.key",
+                              (NOTARY / "pkcs8-vectors" / "03-ecdsa-secp256r1-plain.pem").read_bytes()))
     blob = gzip.compress(tar_of(members), mtime=0)
     if case == "truncated":
         blob = blob[: len(blob) // 2]

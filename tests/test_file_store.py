@@ -13,7 +13,7 @@ import pytest
 from asn1crypto import keys as asn1_keys
 from asn1crypto import pem as asn1_pem
 
-from conftest import PASSPHRASE, tree_digest
+from conftest import PASSPHRASE, Cli, tree_digest
 from hsmsign import pkcs8
 
 
@@ -235,3 +235,17 @@ def test_export_json(keyed_home, file_cli):
     record = _by_role(file_cli, "targets")
     out = json.loads(file_cli("key", "export", record["keyid"], "--json").stdout)
     assert out["keyid"] == record["keyid"] and out["pem"].startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_a_new_home_and_its_missing_parents_are_private_whatever_the_umask(tmp_path,
+                                                                            no_token_env):
+    home = tmp_path / "a" / "b" / "home"
+    old = os.umask(0)
+    try:
+        Cli(home, dict(no_token_env))("key", "generate", "targets", "--store", "file")
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", home, home / "private", home / "public"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    for key_file in (home / "private").iterdir():
+        assert key_file.stat().st_mode & 0o777 == 0o600

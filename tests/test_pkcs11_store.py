@@ -206,6 +206,15 @@ def test_token_chosen_by_serial_and_by_config_file(softhsm, home):
     Cli(home, env)("key", "remove", record["keyid"], "--force")
     (home / "config.toml").write_text("[pkcs11\nbroken")
     assert "config.toml is not valid TOML" in Cli(home, env).fails("key", "list").error_lines[0]
+    # The module it names is loaded as code: a config (or home) others may write is refused.
+    (home / "config.toml").write_text(f'[pkcs11]\nmodule = "{softhsm.module}"\n')
+    for path in (home / "config.toml", home):
+        mode = path.stat().st_mode & 0o777
+        path.chmod(mode | 0o020)
+        error = Cli(home, env).fails("key", "list").error_lines[0]
+        assert f"{path} could be changed by another user" in error, error
+        path.chmod(mode)
+    Cli(home, env)("key", "list")
 
 
 def test_auto_never_falls_back_to_a_file_when_the_named_token_is_missing(softhsm, home):

@@ -555,3 +555,42 @@ def test_init_asks_every_secret_before_it_makes_a_key(softhsm, tmp_path):
     assert "generated" not in result.stderr
     assert token_keys() == before and not (tmp_path / "r").exists()
     assert not list((tmp_path / "home").rglob("*.key"))
+
+
+def test_links_planted_in_a_repository_are_never_written_through(repo, tmp_path):
+    cli, path = repo
+    victim = tmp_path / "victim"
+    victim.write_text("not yours")
+    victim.chmod(0o600)
+    payload = tmp_path / "v2.txt"
+    payload.write_bytes(b"release 2\n")
+    import hashlib
+
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    (path / "targets" / "app").mkdir(parents=True)
+    # The published name (hash-prefixed) as a link out of the repository: refused.
+    (path / "targets" / "app" / f"{digest}.v2.txt").symlink_to(victim)
+    before = tree_digest(path)
+    result = cli.fails("target", "add", str(path), "app/v2.txt", "--file", str(payload))
+    assert "is there and is not a regular file" in result.error_lines[0]
+    assert tree_digest(path) == before
+    # The lock file as a link: refused, and nothing is created where it points.
+    (path / "targets" / "app" / f"{digest}.v2.txt").unlink()
+    (path / ".hsmsign.lock").unlink(missing_ok=True)
+    (path / ".hsmsign.lock").symlink_to(tmp_path / "created-by-lock")
+    result = cli.fails("repo", "refresh", str(path))
+    assert "is a symbolic link; remove it" in result.error_lines[0]
+    assert not (tmp_path / "created-by-lock").exists()
+    (path / ".hsmsign.lock").unlink()
+    assert victim.read_text() == "not yours" and victim.stat().st_mode & 0o777 == 0o600
+    # Whatever the umask, the repository's directories and files are the owner's to change.
+    old = os.umask(0)
+    try:
+        cli("target", "add", str(path), "app/v2.txt", "--file", str(payload))
+        cli("repo", "init", str(tmp_path / "new" / "repo"))
+    finally:
+        os.umask(old)
+    for root in (path, tmp_path / "new" / "repo"):
+        for item in [root, *root.rglob("*")]:
+            assert item.stat().st_mode & 0o022 == 0, item
+    assert (path / "targets" / "app" / f"{digest}.v2.txt").read_bytes() == b"release 2\n"

@@ -8,7 +8,7 @@ import sys
 import pexpect
 import pytest
 
-from conftest import tree_digest
+from conftest import Cli, tree_digest
 from hsmsign.secrets import Secrets, SecretUnavailable, passphrase_variables
 
 
@@ -129,3 +129,15 @@ def test_import_dir_with_different_delegation_passphrases_asks_again(file_cli, h
     assert child.exitstatus == 0, child.before
     roles = sorted(r["role"] for r in json.loads(child.before[child.before.index("["):]))
     assert roles == ["alice", "bob"]
+
+
+def test_a_secret_that_is_not_utf8_is_named_never_shown(keyed_home, no_token_env):
+    keyid = next(p.stem for p in (keyed_home / "private").glob("*.key"))
+    env = {k: v for k, v in no_token_env.items() if not k.endswith("_PASSPHRASE")}
+    secret = "ABCDEF" + b"\xff".decode("utf-8", "surrogateescape") + "GHIJ"  # as a shell sets it
+    for variable in ("HSMSIGN_TARGETS_PASSPHRASE", "HSMSIGN_SNAPSHOT_PASSPHRASE",
+                     "HSMSIGN_TIMESTAMP_PASSPHRASE", "HSMSIGN_DELEGATION_PASSPHRASE"):
+        env[variable] = secret
+    result = Cli(keyed_home, env).fails("key", "export", keyid, "--private", "--format", "notary")
+    assert len(result.error_lines) == 1 and "is not valid UTF-8; set it again" in result.error_lines[0]
+    assert "ABCDEF" not in result.stderr and "position" not in result.stderr

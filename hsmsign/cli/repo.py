@@ -47,6 +47,7 @@ def init(app, repo, root_keys, root_threshold, root_store, targets_key, snapshot
     import shutil
 
     from hsmsign.errors import HsmsignError
+    from hsmsign.fsutil import ensure_public_dir
     from hsmsign.keys import DEFAULT_ALGORITHM, algorithm
 
     from hsmsign.repository import check_init_arguments
@@ -64,7 +65,7 @@ def init(app, repo, root_keys, root_threshold, root_store, targets_key, snapshot
                            "directory)")
     online = {"targets": targets_key, "snapshot": snapshot_key, "timestamp": timestamp_key}
     generated: list = []  # records of keys this command made: removed again if it fails
-    repo.mkdir(parents=True, exist_ok=True)
+    ensure_public_dir(repo)
     try:
         with app.locked(repo, new=True):
             repository = app.repository(repo)

@@ -369,8 +369,8 @@ class YubiKeyStore(ScannedStore):
         pin = self.secrets.pin(name, self.pin_variables)
         if not 6 <= len(pin.encode()) <= 8:
             self.secrets.forget_pin(name)
-            raise YubiKeyError(f"a YubiKey PIN has 6 to 8 characters, the one given has "
-                               f"{len(pin)}; nothing was sent to YubiKey {found.serial}")
+            raise YubiKeyError(f"a YubiKey PIN has 6 to 8 characters, the one given has not; "
+                               f"nothing was sent to YubiKey {found.serial}")
         try:
             piv.verify_pin(pin)
         except InvalidPinError as e:
