@@ -18,21 +18,20 @@ import os
 import platform
 import shutil
 import tempfile
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
 from hsmsign import __version__
+from hsmsign.ceremony_plan import Custodian, Plan
 from hsmsign.config import NO_TOKEN, YUBIKEYS_ONLY, TokenConfig, load_token_config
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import DEFAULT_ALGORITHM, algorithm, tuf_key
 from hsmsign.keystore.stores import KeyStores
-from hsmsign.keystore.yubikey import PIN_POLICY_CHOICES, TOUCH_CHOICES, YubiKeyOptions, parse_serial
-from hsmsign.repository import DEFAULT_EXPIRY_DAYS, HsmsignRepository
-from hsmsign.secrets import Secrets
+from hsmsign.repository import HsmsignRepository
+from hsmsign.secrets import Secrets, passphrase_variables
 from hsmsign.signing import SigningService, signer_for
 from hsmsign.transcript import Transcript
 from hsmsign.verification import verify
@@ -55,142 +54,6 @@ class CeremonyUI(Protocol):
     def pause(self, message: str) -> None: ...
 
     def ask(self, question: str) -> str: ...
-
-
-# -- the plan -------------------------------------------------------------------------
-
-
-@dataclass
-class Custodian:
-    name: str
-    token: str  # "pkcs11:token=LABEL" or "yubikey:SERIAL"
-    pin_env: str | None = None
-
-    @property
-    def kind(self) -> str:
-        kind = self.token.partition(":")[0]
-        if kind not in ("pkcs11", "yubikey"):
-            raise HsmsignError(f"custodian {self.name}: write the token as pkcs11:token=LABEL or "
-                               f"yubikey:SERIAL, not {self.token!r}")
-        return kind
-
-    @property
-    def yubikey_serial(self) -> int:
-        serial = parse_serial(self.token.partition(":")[2]) if self.kind == "yubikey" else None
-        if serial is None:
-            raise HsmsignError(f"custodian {self.name}: write the YubiKey as yubikey:SERIAL")
-        return serial
-
-    @property
-    def token_name(self) -> str:
-        """How screens and the transcript name the token."""
-        return f"YubiKey {self.yubikey_serial}" if self.kind == "yubikey" else f"token {self.token_label!r}"
-
-    @property
-    def token_label(self) -> str:
-        kind, _, rest = self.token.partition(":")
-        if kind != "pkcs11":
-            raise HsmsignError(f"custodian {self.name}: token {self.token!r} is not a PKCS#11 token")
-        fields = dict(part.split("=", 1) for part in rest.split(";") if "=" in part)
-        if "token" not in fields:
-            raise HsmsignError(f"custodian {self.name}: write the token as pkcs11:token=LABEL")
-        return fields["token"]
-
-
-@dataclass
-class Plan:
-    threshold: int
-    custodians: list[Custodian]
-    expires: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EXPIRY_DAYS))
-    online_store: str = "file"
-    online_token: str = ""  # label of the token for online keys when online_store is "token"
-    backup_destinations: list[Path] = field(default_factory=list)
-    confirm_all: bool = False
-    allow_network: bool = False
-    algorithm: str = DEFAULT_ALGORITHM
-    pkcs11_module: str | None = None
-    wanted_tokens: int = 0  # custodians to have; those the plan does not name are asked for
-    yubikey: YubiKeyOptions = field(default_factory=YubiKeyOptions)  # slot and policies
-    attestation_roots: Path | None = None  # more trusted roots (a rehearsal's test CA)
-    old_custodians: list[Custodian] = field(default_factory=list)  # rotation: sign with old keys
-
-    @property
-    def tokens(self) -> int:
-        return max(len(self.custodians), self.wanted_tokens)
-
-    def check(self) -> None:
-        if not self.tokens:
-            raise HsmsignError("the ceremony needs at least one custodian token")
-        if not 1 <= self.threshold <= self.tokens:
-            raise HsmsignError(
-                f"threshold {self.threshold} is not between 1 and the {self.tokens} tokens"
-            )
-        for c in (*self.custodians, *self.old_custodians):
-            c.token_name  # noqa: B018 - raises on a malformed token
-        if self.yubikey.touch not in TOUCH_CHOICES or self.yubikey.pin_policy not in PIN_POLICY_CHOICES:
-            raise HsmsignError(f"yubikey.touch must be one of {', '.join(TOUCH_CHOICES)} and "
-                               f"yubikey.pin_policy one of {', '.join(PIN_POLICY_CHOICES)}")
-        names = [c.name for c in self.custodians]
-        if len(set(names)) != len(names):
-            raise HsmsignError("custodian names must be different")
-        tokens = [c.token for c in self.custodians]
-        if len(set(tokens)) != len(tokens):
-            raise HsmsignError("each custodian needs a token of their own")
-        if self.online_store not in ("file", "token"):
-            raise HsmsignError("online_keys.store must be 'file' or 'token'")
-        if self.online_store == "token" and not self.online_token:
-            raise HsmsignError("online_keys.store = 'token' needs online_keys.token = 'LABEL'")
-
-
-def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
-              backup_to: list[Path], allow_network: bool) -> Plan:
-    """The plan file, with the command line winning over it."""
-    data: dict = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise HsmsignError(f"cannot read plan {path}: {e}") from None
-    custodians = [Custodian(c["name"], c["token"], c.get("pin_env"))
-                  for c in data.get("custodian", [])
-                  if isinstance(c, dict) and "name" in c and "token" in c]
-    if len(custodians) != len(data.get("custodian", [])):
-        raise HsmsignError("every [[custodian]] in the plan needs a name and a token")
-    old_custodians = [Custodian(c["name"], c["token"], c.get("pin_env"))
-                      for c in data.get("old_custodian", [])
-                      if isinstance(c, dict) and "name" in c and "token" in c]
-    if len(old_custodians) != len(data.get("old_custodian", [])):
-        raise HsmsignError("every [[old_custodian]] in the plan needs a name and a token")
-    if tokens is not None:
-        custodians = custodians[:tokens]
-    yubikey = data.get("yubikey", {})
-    defaults = YubiKeyOptions()
-    expires = dict(DEFAULT_EXPIRY_DAYS)
-    expires.update({k: float(v) for k, v in data.get("expires", {}).items()})
-    plan = Plan(
-        threshold=threshold if threshold is not None else int(data.get("threshold", 0) or 0),
-        custodians=custodians,
-        expires=expires,
-        online_store=data.get("online_keys", {}).get("store", "file"),
-        online_token=data.get("online_keys", {}).get("token", ""),
-        backup_destinations=[*backup_to] or [Path(p) for p in data.get("backup", {}).get("destinations", [])],
-        confirm_all=bool(data.get("confirm", {}).get("all", False)),
-        allow_network=allow_network or bool(data.get("allow_network", False)),
-        algorithm=data.get("algorithm", DEFAULT_ALGORITHM),
-        pkcs11_module=data.get("pkcs11", {}).get("module"),
-        wanted_tokens=tokens or 0,
-        old_custodians=old_custodians,
-        yubikey=YubiKeyOptions(slot=str(yubikey.get("slot", defaults.slot)).lower(),
-                               touch=yubikey.get("touch", defaults.touch),
-                               pin_policy=yubikey.get("pin_policy", defaults.pin_policy)),
-        attestation_roots=(Path(yubikey["attestation_roots"]).expanduser()
-                           if yubikey.get("attestation_roots") else None),
-    )
-    if plan.confirm_all and len(plan.custodians) < plan.tokens:
-        raise HsmsignError(f"--tokens {plan.tokens}: the plan names only {len(plan.custodians)} "
-                           "custodian(s); add them to the plan")
-    plan.check()
-    return plan
 
 
 # -- checks ---------------------------------------------------------------------------
@@ -288,6 +151,7 @@ class RootCeremony:
         self.force = force
         self.transcript = Transcript("root")
         self.created_on_tokens: list[str] = []  # "<keyid> on <token>", for an abort
+        self.removals: list[str] = []  # how to remove each of them, as a command
         self.work: Path | None = None
         self.tokens: list[CustodianToken] = []
         self.backup_archives: list[Path] = []  # removed again if the ceremony stops after them
@@ -353,7 +217,22 @@ class RootCeremony:
             if self.work is not None:
                 shutil.rmtree(self.work, ignore_errors=True)
 
+    def require_secrets(self, file_roles=("targets", "snapshot", "timestamp")) -> None:
+        """With no one to ask (no terminal), every PIN and passphrase must be in the
+        environment before the first key is made, not found missing after it."""
+        for c in (*self.plan.custodians, *self.plan.old_custodians):
+            variables = self._pin_variables(c)
+            if not self.secrets.can_get(variables):
+                raise HsmsignError(f"no terminal to ask for {c.name}'s PIN, and {variables[0]} "
+                                   "is not set")
+        for role in file_roles if self.plan.online_store == "file" else ():
+            variables = passphrase_variables(role)
+            if not self.secrets.can_get(variables):
+                raise HsmsignError(f"no terminal to ask for the {role} key's passphrase, and "
+                                   f"{variables[0]} is not set")
+
     def preflight(self) -> None:
+        self.require_secrets()
         rows = []
         up = require_offline(self.plan)
         rows.append(("network", f"UP: {', '.join(up)} (allowed for a rehearsal)" if up else "offline"))
@@ -371,6 +250,9 @@ class RootCeremony:
         rows.append(("threshold", f"{self.plan.threshold} of {self.plan.tokens} root keys"))
         for i, c in enumerate(self.plan.custodians, 1):
             rows.append((f"custodian {i}", f"{c.name}: {c.token}"))
+        if self.plan.left_out:
+            rows.append(("left out", f"{', '.join(self.plan.left_out)} (--tokens "
+                                     f"{self.plan.tokens})"))
         present = self.tokens_present()
         rows.append(("tokens present", ", ".join(present) or "none yet (each is asked for in turn)"))
         self.ui.screen("1. Preflight", rows)
@@ -379,6 +261,7 @@ class RootCeremony:
             "versions": versions, "backup_destinations": destinations, "tokens_present": present,
             "threshold": self.plan.threshold,
             "custodians": [{"name": c.name, "token": c.token} for c in self.plan.custodians],
+            "left_out_of_the_plan": self.plan.left_out,
             "expires_days": self.plan.expires,
         })
         self.confirm(f"Is the date and time shown ({clock:%Y-%m-%d %H:%M} UTC) correct?")
@@ -465,15 +348,27 @@ class RootCeremony:
         alg = algorithm(self.plan.algorithm)
         if token.custodian.kind != "yubikey":
             record = token.store.generate("root", alg)
-            self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+            self._created(token.custodian, record)
             token.keyid = record.keyid
             return record
         self._refuse_factory_defaults(token)
         record = token.store.generate("root", alg, self.plan.yubikey)
-        self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+        self._created(token.custodian, record)
         token.keyid = record.keyid
         token.attestation = self._attest(token)
         return record
+
+    def _created(self, custodian: Custodian, record) -> None:
+        """A key now on a token: listed, with the command that removes it, if the ceremony
+        stops."""
+        self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+        if custodian.kind == "yubikey":
+            self.removals.append(f"hsmsign key remove {record.keyid} --force   (with YubiKey "
+                                 f"{custodian.yubikey_serial} alone plugged in)")
+        else:
+            module = f" HSMSIGN_PKCS11_MODULE={self.plan.pkcs11_module}" if self.plan.pkcs11_module else ""
+            self.removals.append(f"HSMSIGN_TOKEN_LABEL={custodian.token_label}{module} hsmsign "
+                                 f"key remove {record.keyid} --force")
 
     def _refuse_factory_defaults(self, token: CustodianToken) -> None:
         """A root key must not sit behind a PIN, PUK or management key that everyone knows."""
@@ -557,6 +452,8 @@ class RootCeremony:
             keys[role] = record.keyid
             if record.store == "token":
                 self.created_on_tokens.append(f"{record.keyid} on {record.location}")
+                self.removals.append(f"HSMSIGN_TOKEN_LABEL={self.plan.online_token} hsmsign key "
+                                     f"remove {record.keyid} --force")
         self.ui.screen("3. Online keys", [(role, f"{keyid} ({self.plan.online_store})")
                                           for role, keyid in keys.items()])
         self.transcript.record("online keys", {"store": self.plan.online_store, "keys": keys})
@@ -591,10 +488,13 @@ class RootCeremony:
     def verify_staged(self) -> None:
         assert self.work is not None
         result = verify(HsmsignRepository(self.work / "repo"))
-        files = {p.name: sha256_file(p) for p in sorted((self.work / "repo" / "metadata").iterdir())}
+        paths = sorted((self.work / "repo" / "metadata").iterdir())
+        files = {p.name: sha256_file(p) for p in paths}
         self.ui.screen("5. Verified as a TUF client would", [
             (role, f"v{v} ok") for role, v in result.roles.items()])
-        self.transcript.record("verify", {"roles": result.roles, "metadata_sha256": files})
+        self.transcript.record("verify", {"roles": result.roles, "metadata_sha256": files,
+                                          "signed_sha256": {p.name: signed_sha256(p.read_bytes())
+                                                            for p in paths}})
 
     def backups(self, staged_home: Path) -> list[dict]:
         if not self.plan.backup_destinations:
@@ -661,6 +561,17 @@ class RootCeremony:
                 "backups": backups, "digest": self.transcript.digest}
 
 
+def signed_sha256(metadata: bytes) -> str | None:
+    """SHA-256 of a metadata file's canonical `signed` part: the same however many
+    signatures it has."""
+    from securesystemslib.formats import encode_canonical
+
+    try:
+        return hashlib.sha256(encode_canonical(json.loads(metadata)["signed"]).encode()).hexdigest()
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def verify_transcript(path: Path, repo: Path) -> dict:
     """The chain is intact, the root keys of REPO signed it, and the files it lists match."""
     try:
@@ -679,13 +590,21 @@ def verify_transcript(path: Path, repo: Path) -> dict:
     keys, threshold = repository.role_keys("root", root)
     signed_by = transcript.check_signatures(keys, threshold)
     verified = next((e for e in transcript.entries if e["step"] == "verify"), None)
+    replaced = []
     if verified is not None:
+        signed = verified["data"].get("signed_sha256", {})
         for name, digest in verified["data"]["metadata_sha256"].items():
             path_on_disk = repository.metadata_dir / name
-            if not path_on_disk.exists() or sha256_file(path_on_disk) != digest:
-                if name == root_name:
-                    continue  # custodians may add signatures to the new root afterwards
-                raise HsmsignError(f"metadata/{name} is not the file the ceremony wrote")
+            if path_on_disk.exists() and sha256_file(path_on_disk) == digest:
+                continue
+            if name == "timestamp.json":  # replaced by design (`repo refresh`): note it
+                replaced.append(name)
+                continue
+            if path_on_disk.exists() and (
+                    signed_sha256(path_on_disk.read_bytes()) == signed.get(name)
+                    or (name == root_name and name not in signed)):
+                continue  # the same metadata; signatures were added later (`hsmsign sign`)
+            raise HsmsignError(f"metadata/{name} is not the file the ceremony wrote")
     for entry in transcript.entries:
         attestation = entry["data"].get("attestation") if entry["step"] == "root key" else None
         if attestation:
@@ -694,7 +613,7 @@ def verify_transcript(path: Path, repo: Path) -> dict:
             if not on_disk.exists() or sha256_file(on_disk) != attestation["pem_sha256"]:
                 raise HsmsignError(f"{name} is not the attestation the ceremony recorded")
     return {"entries": len(transcript.entries), "digest": transcript.digest,
-            "signed_by": signed_by, "threshold": threshold}
+            "signed_by": signed_by, "threshold": threshold, "replaced_since": replaced}
 
 
 class RootRotation(RootCeremony):
@@ -741,6 +660,7 @@ class RootRotation(RootCeremony):
             shutil.rmtree(self.work, ignore_errors=True)
 
     def preflight(self) -> None:
+        self.require_secrets(file_roles=())
         old_keys = sorted(self.old_root.signed.roles["root"].keyids)
         self.ui.screen("1. Preflight: rotating root", [
             ("repository", str(self.repo)),

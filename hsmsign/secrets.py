@@ -206,6 +206,11 @@ class Secrets:
     def _env_name(self, variables: list[str]) -> str | None:
         return next((name for name in variables if self.environ.get(name)), None)
 
+    def can_get(self, variables: list[str]) -> bool:
+        """Whether a secret from `variables` could be had without failing: one is set, or
+        there is someone to ask (for a check before anything is made)."""
+        return self.prompter is not None or any(self.environ.get(v) for v in variables)
+
     def _from_env(self, variables: list[str]) -> str | None:
         for name in variables:
             value = self.environ.get(name)

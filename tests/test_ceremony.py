@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,16 @@ def test_rehearsal_from_a_plan_is_verified_by_the_client_and_the_transcript(thre
     after = json.loads((repo / "metadata" / "timestamp.json").read_text())["signed"]
     assert after["version"] == before + 1
     fresh("repo", "verify", str(repo))
+    # The record still checks after that routine work: timestamp.json is noted as replaced,
+    # the versioned files are the ceremony's. A versioned file changed is still caught.
+    again = cli("ceremony", "verify-transcript", str(transcript), str(repo), "--json")
+    assert json.loads(again.stdout)["replaced_since"] == ["timestamp.json"]
+    one = repo / "metadata" / "1.targets.json"
+    changed = json.loads(one.read_text())
+    changed["signed"]["expires"] = "2099-01-01T00:00:00Z"
+    one.write_text(json.dumps(changed))
+    assert "metadata/1.targets.json is not the file the ceremony wrote" in cli.fails(
+        "ceremony", "verify-transcript", str(transcript), str(repo)).error_lines[0]
 
 
 def test_command_line_wins_over_the_plan(three, tmp_path):
@@ -133,6 +144,9 @@ def test_command_line_wins_over_the_plan(three, tmp_path):
                             "--tokens", "2", "--threshold", "1", "--allow-network",
                             "--json").stdout)
     assert len(result["root_keys"]) == 2 and result["threshold"] == 1
+    record = json.loads((tmp_path / "repo" / "ceremony-transcript.json").read_text())
+    preflight = next(e for e in record["entries"] if e["step"] == "preflight")
+    assert preflight["data"]["left_out_of_the_plan"] == ["carol"]  # never silently
 
 
 def test_network_up_is_refused_and_changes_nothing(three, tmp_path):
@@ -242,6 +256,51 @@ def test_abort_half_way_lists_token_keys_and_writes_nothing(three, tmp_path):
     assert "error: ceremony stopped; nothing was written" in output
     assert "aborted by the operator" in output
     assert "on alice (serial" in output and "hsmsign key remove" in output
+    assert not (tmp_path / "repo").exists() and tree_digest(tmp_path / "home") == {}
+    # The command shown removes the key, as printed (the token named by its label).
+    keyid = re.search(r"([0-9a-f]{64}) on alice", output).group(1)
+    command = re.search(r"(HSMSIGN_TOKEN_LABEL=alice hsmsign key remove \S+ --force)", output)
+    assert command and keyid in command.group(1)
+    cli = Cli(tmp_path / "home", three.env(HSMSIGN_PIN=PIN, HSMSIGN_TOKEN_LABEL="alice"))
+    cli("key", "remove", keyid, "--force")
+    assert keyid not in cli("key", "list").stdout
+
+
+def test_ctrl_c_half_way_lists_token_keys_too(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2, confirm=False)
+    child = _spawn_ceremony(three, tmp_path, "--plan", str(plan))
+    child.expect(r"correct\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 1 of 2, held by alice")
+    child.sendline("")
+    child.expect("Enter PIN for token alice: ")
+    child.sendline(PIN)
+    child.expect(r"written down key ID .*\? \[y/N\]")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    output = child.before.replace("\r", "")
+    assert child.exitstatus == 1, output
+    assert "error: ceremony stopped; nothing was written" in output and "interrupted" in output
+    assert "on alice (serial" in output and "nothing was changed" not in output
+
+
+@pytest.mark.parametrize("change,expected", [
+    (("[[custodian]]", "[[custodain]]"), "unknown key 'custodain'"),
+    (("threshold = 2", "threshhold = 2"), "unknown key 'threshhold'"),
+    (("all = true", 'all = "false"'), "confirm.all must be true or false, not 'false'"),
+    (("timestamp = 1", "timestamp = 0"), "expires.timestamp must be a positive number"),
+    (('pin_env = "BOB_PIN"', 'pin_env = "BOBS_PIN"'), "no terminal to ask for bob's PIN, and "
+                                                        "BOBS_PIN is not set"),
+])
+def test_a_plan_mistake_stops_before_any_key_is_made(three, tmp_path, change, expected):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2)
+    plan.write_text(plan.read_text().replace(*change, 1))
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob")))
+    result = cli.fails("ceremony", "root", str(tmp_path / "repo"), "--plan", str(plan),
+                       "--allow-network")
+    assert expected in result.error_lines[0], result.stderr
+    assert " on alice (serial" not in result.stderr  # no key was made
     assert not (tmp_path / "repo").exists() and tree_digest(tmp_path / "home") == {}
 
 

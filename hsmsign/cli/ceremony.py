@@ -55,7 +55,7 @@ class TerminalCeremonyUI:
 
 def _plan_and_ui(plan_file, threshold, tokens, backup_to, allow_network):
     """The plan (the command line winning over the file) and the terminal's UI."""
-    from hsmsign.ceremony import load_plan
+    from hsmsign.ceremony_plan import load_plan
     from hsmsign.errors import HsmsignError
 
     if plan_file is None and (threshold is None or tokens is None):
@@ -66,18 +66,24 @@ def _plan_and_ui(plan_file, threshold, tokens, backup_to, allow_network):
 
 
 def _run(app, run, stopped: str) -> dict:
-    """Run a ceremony; on failure, list what it made on tokens (that cannot be undone)."""
+    """Run a ceremony; however it stops (an error, Ctrl-C, a token pulled out), list what it
+    made on tokens, which only a command per key removes."""
     from hsmsign.errors import HsmsignError
 
     try:
         return run.run()
-    except HsmsignError as e:
+    except (Exception, KeyboardInterrupt, click.exceptions.Abort) as e:
         if run.created_on_tokens:
-            app.note("keys created on tokens during this ceremony (remove them with "
-                     "`hsmsign key remove KEYID` once the token is plugged in):")
-            for line in run.created_on_tokens:
-                app.note(f"  {line}")
-        raise HsmsignError(f"{stopped}: {e}") from None
+            app.note("keys created on tokens during this ceremony; remove them before the next "
+                     "attempt, each with its token plugged in:")
+            for line, command in zip(run.created_on_tokens, run.removals, strict=True):
+                app.note(f"  {line}\n    {command}")
+        if isinstance(e, HsmsignError):
+            raise HsmsignError(f"{stopped}: {e}") from None
+        if isinstance(e, (KeyboardInterrupt, click.exceptions.Abort)):
+            raise HsmsignError(f"{stopped}: interrupted") from None
+        raise HsmsignError(f"{stopped}: unexpected {type(e).__name__}: {e}; re-run with "
+                           "--verbose for details") from e
 
 
 @click.group()
@@ -147,5 +153,8 @@ def verify_transcript(app, transcript, repo):
     if app.json:
         app.emit_json(result)
         return
+    for name in result["replaced_since"]:
+        app.note(f"metadata/{name} was replaced since the ceremony (as `repo refresh` does); "
+                 "the versioned files are the ceremony's")
     click.echo(f"{transcript}: intact, {result['entries']} entries, signed by "
                f"{len(result['signed_by'])} root key(s) (threshold {result['threshold']})")
