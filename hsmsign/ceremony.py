@@ -253,6 +253,11 @@ class RootCeremony:
         if self.plan.left_out:
             rows.append(("left out", f"{', '.join(self.plan.left_out)} (--tokens "
                                      f"{self.plan.tokens})"))
+        if self.plan.operator or self.plan.witnesses:
+            rows.append(("people", f"operator {self.plan.operator or '?'}; witnesses "
+                                   f"{', '.join(self.plan.witnesses) or 'none'}"))
+        rows.append(("plan", f"sha256 {self.plan.source_sha256}" if self.plan.source_sha256
+                     else "from the command line"))
         present = self.tokens_present()
         rows.append(("tokens present", ", ".join(present) or "none yet (each is asked for in turn)"))
         self.ui.screen("1. Preflight", rows)
@@ -262,6 +267,9 @@ class RootCeremony:
             "threshold": self.plan.threshold,
             "custodians": [{"name": c.name, "token": c.token} for c in self.plan.custodians],
             "left_out_of_the_plan": self.plan.left_out,
+            "host": platform.node(), "operator": self.plan.operator,
+            "witnesses": self.plan.witnesses, "plan_sha256": self.plan.source_sha256,
+            "confirmations": "from the plan (rehearsal)" if self.plan.confirm_all else "typed",
             "expires_days": self.plan.expires,
         })
         self.confirm(f"Is the date and time shown ({clock:%Y-%m-%d %H:%M} UTC) correct?")
@@ -286,8 +294,11 @@ class RootCeremony:
         try:
             base = load_token_config(self.home, module=self.plan.pkcs11_module, environ=self.environ)
             present += [f"pkcs11:token={t.label}" for t in list_tokens(base) if t.label]
-        except TokenError:
-            pass  # no module here: the custodians' tokens are checked one by one
+        except TokenError as e:
+            # No module here: the custodians' tokens are checked one by one. But a module
+            # the plan or the configuration names must load, or no pkcs11: token ever will.
+            if base.module and any(c.kind == "pkcs11" for c in self.plan.custodians):
+                raise HsmsignError(f"the PKCS#11 module cannot be used: {e}") from None
         return present
 
     def _open_token(self, custodian: Custodian, index: int, staged_home: Path) -> CustodianToken:
@@ -314,6 +325,32 @@ class RootCeremony:
         self.tokens.append(token)
         self._login(token)
         return token
+
+    def require_inserted(self, token: CustodianToken, purpose: str) -> None:
+        """A custodian's token once more (to sign): with one USB port, it was pulled out for
+        the next custodian's. Asked for until it is back; a plan run stops instead."""
+        others = [t.stores.token for t in self.tokens if t is not token
+                  and t.custodian.kind == "pkcs11"]
+        while not self._holds_key(token):
+            if self.plan.confirm_all:
+                raise HsmsignError(f"{token.custodian.token_name} of {token.custodian.name} is "
+                                   f"no longer present; the ceremony needs it to {purpose}")
+            self.ui.pause(f"Insert {token.custodian.token_name} again, held by "
+                          f"{token.custodian.name}, to {purpose}; then press Enter")
+            if token.custodian.kind == "pkcs11":
+                token.store.rescan(others)
+
+    def _holds_key(self, token: CustodianToken) -> bool:
+        """Whether the token is there now, with the custodian's key (never a cached answer)."""
+        if token.custodian.kind == "yubikey":
+            from hsmsign.keystore.yubikey import YubiKeyStore
+
+            return token.custodian.yubikey_serial in YubiKeyStore(self.secrets).serials()
+        token.store.reset()  # its next use logs in again, with the PIN given before
+        try:
+            return token.keyid in token.store.keyids()
+        except HsmsignError:
+            return False
 
     def _pin_variables(self, custodian: Custodian) -> list[str]:
         return [custodian.pin_env] if custodian.pin_env else ["HSMSIGN_PIN"]
@@ -473,6 +510,7 @@ class RootCeremony:
             if len(signed) >= self.plan.threshold and not self.plan.confirm_all:
                 if not self.ui.confirm(f"The threshold is reached. Should {token.custodian.name} sign too?"):
                     continue
+            self.require_inserted(token, "sign the root")
             staged = HsmsignRepository(self.work / "repo",
                                        SigningService(token.stores, only={token.keyid}))
             report = staged.sign_current("root")
@@ -525,6 +563,7 @@ class RootCeremony:
                                             "threshold": self.plan.threshold,
                                             "root_version": root_version})
         for token in self.tokens:
+            self.require_inserted(token, "sign the transcript")
             signer = signer_for(token.stores, token.keyid)
             self.transcript.sign(signer)
 
@@ -731,6 +770,7 @@ class RootRotation(RootCeremony):
         version = staged.open("root").signed.version
         signers = {t.keyid: t for t in (*self.tokens, *self.old_tokens)}
         for keyid, token in signers.items():
+            self.require_inserted(token, "sign the new root")
             again = HsmsignRepository(self.work / "repo", SigningService(token.stores, only={keyid}))
             again.sign_current("root")
             again.commit()

@@ -7,6 +7,7 @@ naming it, never a default that quietly changes the ceremony.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from hsmsign.repository import DEFAULT_EXPIRY_DAYS
 _CUSTODIAN = {"name": str, "token": str, "pin_env": str}
 # What a plan may hold, and of which type: a dict is a table, [dict] an array of tables.
 PLAN_SCHEMA: dict = {
+    "operator": str,
+    "witnesses": [str],
     "threshold": int,
     "algorithm": str,
     "allow_network": bool,
@@ -123,6 +126,9 @@ class Plan:
     attestation_roots: Path | None = None  # more trusted roots (a rehearsal's test CA)
     old_custodians: list[Custodian] = field(default_factory=list)  # rotation: sign with old keys
     left_out: list[str] = field(default_factory=list)  # custodians of the plan --tokens drops
+    operator: str = ""  # who types the commands (for the transcript)
+    witnesses: list[str] = field(default_factory=list)
+    source_sha256: str = ""  # of the plan file, so that the transcript names the plan it ran
 
     @property
     def tokens(self) -> int:
@@ -198,6 +204,9 @@ def load_plan(path: Path | None, *, threshold: int | None, tokens: int | None,
         pkcs11_module=data.get("pkcs11", {}).get("module"),
         wanted_tokens=tokens or 0,
         left_out=[c.name for c in left_out],
+        operator=data.get("operator", ""),
+        witnesses=list(data.get("witnesses", [])),
+        source_sha256=hashlib.sha256(path.read_bytes()).hexdigest() if path else "",
         old_custodians=old_custodians,
         yubikey=YubiKeyOptions(slot=str(yubikey.get("slot", defaults.slot)).lower(),
                                touch=yubikey.get("touch", defaults.touch),

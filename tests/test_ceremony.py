@@ -3,6 +3,7 @@ on a pseudo-terminal. Results are checked with python-tuf's client and the trans
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -145,8 +146,10 @@ def test_command_line_wins_over_the_plan(three, tmp_path):
                             "--json").stdout)
     assert len(result["root_keys"]) == 2 and result["threshold"] == 1
     record = json.loads((tmp_path / "repo" / "ceremony-transcript.json").read_text())
-    preflight = next(e for e in record["entries"] if e["step"] == "preflight")
-    assert preflight["data"]["left_out_of_the_plan"] == ["carol"]  # never silently
+    preflight = next(e for e in record["entries"] if e["step"] == "preflight")["data"]
+    assert preflight["left_out_of_the_plan"] == ["carol"]  # never silently
+    assert preflight["plan_sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
+    assert preflight["confirmations"] == "from the plan (rehearsal)" and preflight["host"]
 
 
 def test_network_up_is_refused_and_changes_nothing(three, tmp_path):
@@ -266,6 +269,49 @@ def test_abort_half_way_lists_token_keys_and_writes_nothing(three, tmp_path):
     assert keyid not in cli("key", "list").stdout
 
 
+def _token_dir(tokens_root: Path, label: str) -> Path:
+    """SoftHSM's directory of the token with `label` (its label is in token.object)."""
+    return next(d for d in tokens_root.iterdir()
+                if label.encode() in (d / "token.object").read_bytes())
+
+
+def test_a_token_pulled_out_for_the_next_one_is_asked_for_again_to_sign(three, tmp_path):
+    """One USB port: alice's token makes way for bob's, and is asked for again when the root
+    and the transcript need her signature."""
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2, confirm=False)
+    tokens_root = tmp_path / "hsm" / "tokens"
+    alice = _token_dir(tokens_root, "alice")
+    pulled = tmp_path / "pulled-out"
+    child = _spawn_ceremony(three, tmp_path, "--plan", str(plan))
+    child.expect(r"correct\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 1 of 2, held by alice")
+    child.sendline("")
+    child.expect("Enter PIN for token alice: ")
+    child.sendline(PIN)
+    child.expect(r"written down key ID .*\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 2 of 2, held by bob")
+    alice.rename(pulled)  # alice pulls hers out; bob plugs his in
+    child.sendline("")
+    child.expect("Enter PIN for token bob: ")
+    child.sendline(PIN)
+    child.expect(r"written down key ID .*\? \[y/N\]")
+    child.sendline("y")
+    child.expect("Insert token 'alice' again, held by alice, to sign the root")
+    pulled.rename(alice)
+    child.sendline("")
+    child.expect(pexpect.EOF, timeout=120)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    cli = Cli(tmp_path / "home", three.env())
+    cli("repo", "verify", str(tmp_path / "repo"))
+    out = json.loads(cli("ceremony", "verify-transcript", str(tmp_path / "repo" /
+                                                              "ceremony-transcript.json"),
+                         str(tmp_path / "repo"), "--json").stdout)
+    assert len(out["signed_by"]) == 2
+
+
 def test_ctrl_c_half_way_lists_token_keys_too(three, tmp_path):
     plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2, confirm=False)
     child = _spawn_ceremony(three, tmp_path, "--plan", str(plan))
@@ -292,6 +338,8 @@ def test_ctrl_c_half_way_lists_token_keys_too(three, tmp_path):
     (("timestamp = 1", "timestamp = 0"), "expires.timestamp must be a positive number"),
     (('pin_env = "BOB_PIN"', 'pin_env = "BOBS_PIN"'), "no terminal to ask for bob's PIN, and "
                                                         "BOBS_PIN is not set"),
+    (("[online_keys]", '[pkcs11]\nmodule = "/nonexistent/libpkcs11.so"\n[online_keys]'),
+     "the PKCS#11 module cannot be used"),
 ])
 def test_a_plan_mistake_stops_before_any_key_is_made(three, tmp_path, change, expected):
     plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2)

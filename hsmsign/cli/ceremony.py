@@ -68,8 +68,15 @@ def _plan_and_ui(plan_file, threshold, tokens, backup_to, allow_network):
 def _run(app, run, stopped: str) -> dict:
     """Run a ceremony; however it stops (an error, Ctrl-C, a token pulled out), list what it
     made on tokens, which only a command per key removes."""
+    import signal
+
     from hsmsign.errors import HsmsignError
 
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # A closed terminal or a kill: stop as for Ctrl-C (work directory removed, keys listed).
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return run.run()
     except (Exception, KeyboardInterrupt, click.exceptions.Abort) as e:
@@ -84,6 +91,9 @@ def _run(app, run, stopped: str) -> dict:
             raise HsmsignError(f"{stopped}: interrupted") from None
         raise HsmsignError(f"{stopped}: unexpected {type(e).__name__}: {e}; re-run with "
                            "--verbose for details") from e
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @click.group()
