@@ -542,8 +542,11 @@ class RootCeremony:
 
         results = backup_file_keys(staged_home, self.plan.backup_destinations, self.secrets)
         self.backup_archives = [Path(r["path"]) for r in results]
-        self.ui.screen("6. Backups", [(r["path"], f"{r['size']} bytes, sha256 {r['sha256'][:16]}..., "
-                                                  "read back and verified") for r in results])
+        # Whole names and digests, in the value column (which wraps): to be read aloud.
+        rows = [(f"copy {i}", f"{r['path']} ({r['size']} bytes, read back and verified)")
+                for i, r in enumerate(results, 1)]
+        rows += [("sha256", digest) for digest in sorted({r["sha256"] for r in results})]
+        self.ui.screen("6. Backups", rows)
         self.transcript.record("backups", {"archives": results})
         return results
 
