@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -44,31 +46,26 @@ def ensure_public_dir(path: Path) -> Path:
 
 def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    _atomic(path, mode, lambda out: out.write(data))
 
 
 def atomic_copy(source: Path, path: Path, mode: int) -> None:
-    """Copy `source` to `path` as `atomic_write` writes: a new temp file (never one that is
-    there already, never through a link), fsync, rename."""
+    """Copy `source` to `path` as `atomic_write` writes."""
+    def copy(out) -> None:
+        with open(source, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    _atomic(path, mode, copy)
+
+
+def _atomic(path: Path, mode: int, fill: Callable[[BinaryIO], object]) -> None:
+    """A new temp file beside `path` (never one already there, never through a link) with
+    `mode`, filled, fsynced, renamed over `path`; on any failure, removed."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

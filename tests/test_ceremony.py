@@ -241,9 +241,9 @@ def test_interactive_ceremony_with_a_wrong_pin_and_a_token_that_is_not_there(thr
         str(tmp_path / "repo"))
 
 
-def test_abort_half_way_lists_token_keys_and_writes_nothing(three, tmp_path):
-    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2, confirm=False)
-    child = _spawn_ceremony(three, tmp_path, "--plan", str(plan))
+def _at_alices_key_id(tokens: Tokens, tmp_path: Path, plan: Path) -> pexpect.spawn:
+    """An interactive ceremony of `plan`, up to "Has alice written down key ID ...?"."""
+    child = _spawn_ceremony(tokens, tmp_path, "--plan", str(plan))
     child.expect(r"correct\? \[y/N\]")
     child.sendline("y")
     child.expect("Insert token 1 of 2, held by alice")
@@ -251,6 +251,12 @@ def test_abort_half_way_lists_token_keys_and_writes_nothing(three, tmp_path):
     child.expect("Enter PIN for token alice: ")
     child.sendline(PIN)
     child.expect(r"written down key ID .*\? \[y/N\]")
+    return child
+
+
+def test_abort_half_way_lists_token_keys_and_writes_nothing(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2, confirm=False)
+    child = _at_alices_key_id(three, tmp_path, plan)
     child.sendline("n")
     child.expect(pexpect.EOF)
     child.close()
@@ -282,14 +288,7 @@ def test_a_token_pulled_out_for_the_next_one_is_asked_for_again_to_sign(three, t
     tokens_root = tmp_path / "hsm" / "tokens"
     alice = _token_dir(tokens_root, "alice")
     pulled = tmp_path / "pulled-out"
-    child = _spawn_ceremony(three, tmp_path, "--plan", str(plan))
-    child.expect(r"correct\? \[y/N\]")
-    child.sendline("y")
-    child.expect("Insert token 1 of 2, held by alice")
-    child.sendline("")
-    child.expect("Enter PIN for token alice: ")
-    child.sendline(PIN)
-    child.expect(r"written down key ID .*\? \[y/N\]")
+    child = _at_alices_key_id(three, tmp_path, plan)
     child.sendline("y")
     child.expect("Insert token 2 of 2, held by bob")
     alice.rename(pulled)  # alice pulls hers out; bob plugs his in
@@ -314,14 +313,7 @@ def test_a_token_pulled_out_for_the_next_one_is_asked_for_again_to_sign(three, t
 
 def test_ctrl_c_half_way_lists_token_keys_too(three, tmp_path):
     plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2, confirm=False)
-    child = _spawn_ceremony(three, tmp_path, "--plan", str(plan))
-    child.expect(r"correct\? \[y/N\]")
-    child.sendline("y")
-    child.expect("Insert token 1 of 2, held by alice")
-    child.sendline("")
-    child.expect("Enter PIN for token alice: ")
-    child.sendline(PIN)
-    child.expect(r"written down key ID .*\? \[y/N\]")
+    child = _at_alices_key_id(three, tmp_path, plan)
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
