@@ -225,7 +225,7 @@ def resolve_destinations(outputs: list[Path], home: Path, name: str, *,
         elif not os.path.lexists(out) and not out.name.endswith(".age"):
             # Most likely a drive that is not mounted: never a stray file on the wrong disk.
             raise HsmsignError(f"destination {out} is not a directory; mount the drive, or give "
-                               "a file name ending in .tar.age")
+                               "a file name ending in .age (such as backup.tar.age)")
         elif out.parent.is_dir():
             target = out
         else:

@@ -247,6 +247,12 @@ class RootCeremony:
         destinations = [check_destination(d) for d in self.plan.backup_destinations]
         for d in destinations:
             rows.append(("backup to", f"{d['path']} ({d['free_bytes'] // (1 << 20)} MiB free)"))
+        from hsmsign.backup import same_disk_warnings
+
+        # The laptop's own disk holds the repository's parent: a drive there is not mounted.
+        for warning in same_disk_warnings([Path(d["path"]) / "x" for d in destinations],
+                                          self.repo.parent):
+            rows.append(("WARNING", warning.replace("the home", "the repository")))
         rows.append(("threshold", f"{self.plan.threshold} of {self.plan.tokens} root keys"))
         for i, c in enumerate(self.plan.custodians, 1):
             rows.append((f"custodian {i}", f"{c.name}: {c.token}"))

@@ -73,9 +73,11 @@ def test_rehearsal_from_a_plan_is_verified_by_the_client_and_the_transcript(thre
     cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "carol"),
                                            HSMSIGN_BACKUP_PASSPHRASE="backup passphrase for usb"))
     repo = tmp_path / "repo"
-    result = json.loads(cli("ceremony", "root", str(repo), "--plan", str(plan),
-                            "--allow-network", "--json").stdout)
+    run = cli("ceremony", "root", str(repo), "--plan", str(plan), "--allow-network", "--json")
+    result = json.loads(run.stdout)
     assert len(result["root_keys"]) == 3 and result["threshold"] == 2
+    # The "USB drives" here are directories on the laptop's own disk: preflight says so.
+    assert "is on the same file system as the repository" in " ".join(run.stderr.split())
     root = json.loads((repo / "metadata" / "1.root.json").read_text())
     assert root["signed"]["roles"]["root"]["threshold"] == 2
     assert sorted(root["signed"]["roles"]["root"]["keyids"]) == sorted(result["root_keys"])
