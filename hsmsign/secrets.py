@@ -65,9 +65,11 @@ class Secrets:
     """Find secrets for one process; each is asked for at most once and then remembered."""
 
     def __init__(self, environ: Mapping[str, str] | None = None,
-                 prompter: Prompter | None = None) -> None:
+                 prompter: Prompter | None = None, *,
+                 nobody_to_ask: str = "no terminal to ask for a secret on") -> None:
         self.environ = os.environ if environ is None else environ
         self.prompter = prompter
+        self.nobody_to_ask = nobody_to_ask  # why a secret cannot be asked for, when it cannot
         self._passphrases: dict[str, str] = {}
         self._sources: dict[str, str] = {}  # role kind -> environment variable name, or "prompt"
         self._pins: dict[str, str] = {}
@@ -224,9 +226,7 @@ class Secrets:
 
     def _require_prompter(self, variables: list[str]) -> Prompter:
         if self.prompter is None:
-            raise SecretUnavailable(
-                f"no terminal to ask for a secret on; set {variables[0]} in the environment"
-            )
+            raise SecretUnavailable(f"{self.nobody_to_ask}; set {variables[0]} in the environment")
         return self.prompter
 
     def _ask(self, prompt: str, *, variables: list[str]) -> str:

@@ -157,7 +157,9 @@ class HsmsignSigner(Signer):
         # A handler given is the one source of secrets (as for securesystemslib's signers);
         # without one, the environment (HSMSIGN_PIN, HSMSIGN_<ROLE>_PASSPHRASE, ...).
         secrets = (Secrets(environ={}, prompter=_HandlerPrompter(secrets_handler))
-                   if secrets_handler else Secrets(prompter=None))
+                   if secrets_handler else
+                   Secrets(prompter=None, nobody_to_ask="no secrets_handler was given to "
+                                                        "Signer.from_priv_key_uri to ask"))
         stores = KeyStores(home, secrets, load_token_config(home))
         return signer_for(stores, stores.resolve(keyid), public_key)
 

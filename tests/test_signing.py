@@ -121,6 +121,13 @@ def test_hsmsign_uri_scheme_finds_the_key(keyed_home, monkeypatch, softhsm):
     with pytest.raises(HsmsignError, match="not that key's public key"):
         Signer.from_priv_key_uri(f"hsmsign:{record.keyid}", impostor, handler)
 
+    # No handler: the environment, and a message for a library, not a terminal.
+    monkeypatch.delenv("HSMSIGN_DELEGATION_PASSPHRASE")
+    unaided = Signer.from_priv_key_uri(f"hsmsign:{record.keyid}", public)
+    with pytest.raises(HsmsignError, match="no secrets_handler was given to "
+                                           "Signer.from_priv_key_uri to ask; set HSMSIGN_"):
+        unaided.sign(b"data")
+
 
 def _batch(n: int) -> list[Metadata]:
     expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=30)
