@@ -374,7 +374,8 @@ def main() -> None:
             lines = manifest_bench(work, n_targets, rounds)
             print("\n".join(lines), flush=True)
             print()
-        print("\n".join(service_bench(work, n_metadata, rounds)))
+        if n_metadata:  # 0: only part 1
+            print("\n".join(service_bench(work, n_metadata, rounds)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(token_root, ignore_errors=True)
