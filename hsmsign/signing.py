@@ -108,12 +108,11 @@ def signer_for(stores: KeyStores, keyid: str, public_key: Key | None = None) -> 
 
 
 def _same_key(a: Key, b: Key) -> bool:
-    """The same public key: type and material, however its PEM is written."""
+    """The same public key material, however its PEM is written (key types and schemes have
+    more than one name: "ecdsa" and the older "ecdsa-sha2-nistp256")."""
     def material(key: Key) -> str:
         return "".join(str(key.keyval.get("public", "")).split())
 
-    if a.keytype != b.keytype:
-        return False
     if material(a) == material(b):
         return True
     from cryptography.hazmat.primitives.serialization import (
