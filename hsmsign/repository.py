@@ -671,7 +671,8 @@ class HsmsignRepository(Repository):
                 return True
             service.stores.require_configured_token()  # an absent token is an error, not a skip
             skipped.append(f"{role}: expires {self.open(role).signed.expires:%Y-%m-%d %H:%M} UTC, "
-                           f"but fewer than {threshold} of its keys are here")
+                           f"but fewer than {threshold} of its keys are here"
+                           f"{service.stores.elsewhere(keys)}")
             return False
 
         for role in candidates:

@@ -418,3 +418,24 @@ def test_info_lists_serial_firmware_pin_tries_and_slots(ca, tmp_path):
     assert (slot.slot, slot.key_type, slot.keyid, slot.role) == ("9c", "ECCP256", record.keyid, "root")
     assert (slot.pin_policy, slot.touch_policy, slot.generated) == ("once", "cached", True)
     assert info.to_json()["kind"] == "yubikey"
+
+
+def test_pulled_after_a_partial_setup_or_generation_says_what_was_done(card, tmp_path):
+    """A YubiKey pulled half-way: the message says what already happened on it, never
+    "nothing was changed" (which would send the user to spend a PUK try on the old PUK)."""
+    environ = {"HSMSIGN_PIN": PIN, "HSMSIGN_PUK": "12345678", "HSMSIGN_NEW_PIN": "24681357",
+               "HSMSIGN_NEW_PUK": "97531864"}
+    card.pull_when(lambda apdu: apdu[1] == 0x24 and apdu[3] == 0x80)  # CHANGE REFERENCE, PIN
+    with pytest.raises(HsmsignError, match="stopped after: PUK changed .*stopped answering.*the "
+                                           "new values are in effect") as e:
+        make_store(tmp_path, card, environ=environ).setup()
+    assert "nothing was" not in str(e.value) and card.puk.value == b"97531864"
+
+
+def test_pulled_while_the_certificate_is_written_names_the_new_key(card, tmp_path):
+    card.pull_when(lambda apdu: apdu[1] == 0xDB)  # PUT DATA: the slot's certificate
+    with pytest.raises(HsmsignError, match="the key was generated in slot 9c of YubiKey 12345678 "
+                                           "but its certificate was not written \\(the YubiKey "
+                                           "stopped answering") as e:
+        make_store(tmp_path, card).generate("root", P256, YubiKeyOptions(touch="never"))
+    assert "nothing was" not in str(e.value) and 0x9C in card.keys

@@ -128,8 +128,8 @@ def test_piv_route_key_seen_by_ykman_yubico_piv_tool_ykcs11_and_openssl(yk, card
     assert entry["serial"] == SERIAL and entry["slots"][0]["keyid"] == keyid
 
 
-def test_repo_init_signs_root_on_the_yubikey_pin_and_touch_on_a_terminal(yk, card, keyed_home, env,
-                                                                          tmp_path):
+def test_repo_init_signs_root_on_the_yubikey_pin_and_touch_on_a_terminal(yk, card, pcsc, keyed_home,
+                                                                          env, tmp_path):
     keyid = generate_root(yk, "--touch", "always")["keyid"]
     online = online_keys(yk)
     repo = tmp_path / "repo"
@@ -150,6 +150,11 @@ def test_repo_init_signs_root_on_the_yubikey_pin_and_touch_on_a_terminal(yk, car
     assert list(root["signed"]["roles"]["root"]["keyids"]) == [keyid]
     assert [s["keyid"] for s in root["signatures"]] == [keyid]
     yk("repo", "verify", str(repo))
+    # The YubiKey back in its safe: a refresh that needs root says which one to plug in.
+    pcsc.pull(0)
+    out = yk("repo", "refresh", str(repo), "--within", "400")
+    assert "skipped root:" in out.stderr
+    assert f"(key {keyid[:7]} is on YubiKey {SERIAL}: plug it in)" in out.stderr
 
 
 def test_pkcs11_route_signs_through_ykcs11(yk, card, env, tmp_path):

@@ -29,7 +29,8 @@ def sign(app, repo, role, keys):
         elif only:
             app.note(f"no key given with --key is a key of {role}; nothing changed")
         else:
-            app.note(f"no key of {role} is here; nothing changed")
+            where = app.stores.elsewhere(report.unsigned_keys)
+            app.note(f"no key of {role} is here{where}; nothing changed")
     app.report_signing(repository, written)
 
 

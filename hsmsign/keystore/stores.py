@@ -62,6 +62,16 @@ class KeyStores:
                 and not self.token_available()):
             self.token.require_present()
 
+    def elsewhere(self, keyids) -> str:
+        """Where keys that are not here are, when this home knows: " (key 9f186d8 is on YubiKey
+        12345678: plug it in)", or ""."""
+        here = self.all_keyids()
+        for keyid in keyids:
+            serial = None if keyid in here else self.yubikey.remembered_serial(keyid)
+            if serial is not None:
+                return f" (key {keyid[:7]} is on YubiKey {serial}: plug it in)"
+        return ""
+
     def yubikey_available(self) -> bool:
         """A YubiKey is plugged in (and tokens are not switched off for this home)."""
         return (self.token_config.enabled and self.token_config.yubikeys

@@ -241,12 +241,11 @@ class YubiKeyStore(ScannedStore):
             raise YubiKeyError(f"no YubiKey with serial {self.serial} is plugged in "
                                f"(plugged in: {others})")
         if not found:
-            raise YubiKeyError("no YubiKey is plugged in (or pcscd is not running); plug one in, "
-                               "or choose another --store")
+            raise YubiKeyError("no YubiKey is plugged in (or pcscd is not running); plug one in")
         if len(found) > 1:
             serials = ", ".join(str(f.serial) for f in found)
             raise YubiKeyError(f"several YubiKeys are plugged in (serials {serials}); choose one "
-                               f"with --serial or {SERIAL_VARIABLE}")
+                               f"with {SERIAL_VARIABLE} (or --serial, where the command has it)")
         return found[0]
 
     def require_present(self) -> None:
@@ -611,7 +610,8 @@ class YubiKeyStore(ScannedStore):
         if occupied is not None and not self.force:
             what = f"key {occupied.keyid}" if occupied.keyid else "a key"
             raise YubiKeyError(f"slot {occupied.slot} of YubiKey {found.serial} already holds "
-                               f"{what}; choose another --slot, or --force to replace it")
+                               f"{what}; choose another slot (`key generate --slot`), or, only if "
+                               "that key is in use nowhere, replace it with --force")
 
     def generate(self, role: str, alg: Algorithm, options: YubiKeyOptions = YubiKeyOptions()
                  ) -> KeyRecord:
@@ -688,9 +688,10 @@ class YubiKeyStore(ScannedStore):
                 self._ask_touch(found, "to sign the slot's certificate")
             cert = sign_certificate_builder(piv, slot, key_type, builder)
             piv.put_certificate(slot, cert)
-        except (ApduError, HsmsignError) as e:
+        except (ApduError, HsmsignError, *_transport_errors()) as e:
             detail = ("it was not touched in time" if isinstance(e, ApduError) and e.sw == 0x6982
-                      else str(e))
+                      else "the YubiKey stopped answering: was it removed?"
+                      if isinstance(e, _transport_errors()) else str(e))
             raise YubiKeyError(f"the key was {how} in slot {int(slot):02x} of YubiKey "
                                f"{found.serial} but its certificate was not written ({detail}); "
                                "run the command again with --force to replace it") from None
@@ -907,11 +908,12 @@ class YubiKeyStore(ScannedStore):
                 done.append(f"management key replaced by a random {key_type.name} key stored on "
                             "the YubiKey, protected by the PIN")
             except Exception as e:
-                if isinstance(e, _transport_errors()):
-                    raise
+                why = ("it stopped answering: was it removed?" if isinstance(e, _transport_errors())
+                       else type(e).__name__)
                 raise YubiKeyError(f"setting up YubiKey {found.serial} stopped after: "
-                                   f"{'; '.join(done)} ({type(e).__name__}); run "
-                                   "`hsmsign token setup` again with the new values") from None
+                                   f"{'; '.join(done)} ({why}); the new values are in effect: "
+                                   "run `hsmsign token setup` again, giving them as the current "
+                                   "ones") from None
         self._warned.pop(found.serial, None)
         self.warnings = [w for w in self.warnings if str(found.serial) not in w]
         return done
@@ -939,6 +941,14 @@ class YubiKeyStore(ScannedStore):
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
+
+    def remembered_serial(self, keyid: str) -> int | None:
+        """The YubiKey this home made or imported `keyid` on, as far as hsmsign remembers (it
+        may be in a drawer: this reads no device)."""
+        for serial, slots in self._remembered().items():
+            if any(isinstance(e, dict) and e.get("keyid") == keyid for e in slots.values()):
+                return int(serial)
+        return None
 
     def _remember(self, serial: int, slot: str, entry: dict) -> None:
         data = self._remembered()
