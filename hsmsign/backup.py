@@ -35,6 +35,7 @@ from hsmsign.backup_archive import (
     ManifestKey,
 )
 from hsmsign.errors import HsmsignError
+from hsmsign.config import ensure_home
 from hsmsign.fsutil import PRIVATE_FILE_MODE, ensure_private_dir, fsync_dir
 
 if TYPE_CHECKING:
@@ -729,7 +730,10 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
                 for missing in reversed([directory, *directory.parents]):
                     if not missing.exists():
                         created.append(missing)
-            ensure_private_dir(directory)  # an existing home is tightened too, as keys get added
+            if directory == home:
+                ensure_home(home)  # an existing home is tightened too, as keys get added
+            else:
+                ensure_private_dir(directory)
         staging = tempfile.mkdtemp(prefix=".hsmsign-restore-", dir=home)
         staged: list[tuple[str, str]] = []  # plain strings: thousands of files
         for n, (name, data) in enumerate(sorted(files.items()), 1):

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from hsmsign import __version__
 from hsmsign.ceremony_plan import Custodian, Plan
-from hsmsign.config import NO_TOKEN, YUBIKEYS_ONLY, TokenConfig, load_token_config
+from hsmsign.config import NO_TOKEN, YUBIKEYS_ONLY, TokenConfig, check_home, ensure_home, load_token_config
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import DEFAULT_ALGORITHM, algorithm, tuf_key
 from hsmsign.keystore.stores import KeyStores
@@ -233,6 +233,7 @@ class RootCeremony:
 
     def preflight(self) -> None:
         self.require_secrets()
+        check_home(self.home)  # where the online keys go at the end
         rows = []
         up = require_offline(self.plan)
         rows.append(("network", f"UP: {', '.join(up)} (allowed for a rehearsal)" if up else "offline"))
@@ -594,7 +595,7 @@ class RootCeremony:
         for sub in ("private", "public"):
             if not (staged_home / sub).is_dir():
                 continue
-            ensure_private_dir(self.home)
+            ensure_home(self.home)
             ensure_private_dir(self.home / sub)
             for f in sorted((staged_home / sub).iterdir()):
                 atomic_write(self.home / sub / f.name, f.read_bytes())

@@ -65,6 +65,33 @@ NO_TOKEN = TokenConfig(enabled=False)
 YUBIKEYS_ONLY = TokenConfig(pkcs11=False)
 
 
+# What hsmsign keeps in a home; a directory holding anything else is not one of its homes.
+HOME_ENTRIES = {"private", "public", "config.toml", "yubikeys.json"}
+
+
+def ensure_home(home: Path) -> Path:
+    """The home, 0700: made if missing, tightened if it holds only what hsmsign keeps there
+    (`check_home`)."""
+    from hsmsign.fsutil import ensure_private_dir
+
+    check_home(home)
+    return ensure_private_dir(home)
+
+
+def check_home(home: Path) -> None:
+    """A home that others may read and that holds other files is refused, never chmod-ed: a
+    mistyped --home must not change the mode of someone's directory."""
+    if home.is_dir() and home.stat().st_mode & 0o077:
+        others = sorted(p.name for p in home.iterdir()
+                        if p.name not in HOME_ENTRIES and not p.name.startswith(".hsmsign-"))
+        if others:
+            raise HsmsignError(
+                f"{home} is open to others (mode {home.stat().st_mode & 0o777:04o}) and holds "
+                f"files hsmsign did not make ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); if it is your hsmsign home, "
+                f"chmod 700 it; else choose another --home")
+
+
 def _require_only_yours(config_file: Path) -> None:
     """The config names a PKCS#11 module, which hsmsign loads as code (with PINs in its
     environment): refuse one that another user could have written, as ssh does its config."""

@@ -249,3 +249,20 @@ def test_a_new_home_and_its_missing_parents_are_private_whatever_the_umask(tmp_p
         assert directory.stat().st_mode & 0o777 == 0o700, directory
     for key_file in (home / "private").iterdir():
         assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_home_that_is_someone_elses_directory_is_refused_not_chmod_ed(tmp_path, no_token_env):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    (shared / "notes.txt").write_text("someone's")
+    result = Cli(shared, dict(no_token_env)).fails("key", "generate", "targets", "--store", "file")
+    assert "is open to others (mode 0755) and holds files hsmsign did not make (notes.txt)" \
+        in result.error_lines[0]
+    assert shared.stat().st_mode & 0o777 == 0o755 and sorted(os.listdir(shared)) == ["notes.txt"]
+    # An hsmsign home left open (say, copied with cp -r) is tightened.
+    own = tmp_path / "own"
+    (own / "private").mkdir(parents=True)
+    own.chmod(0o755)
+    Cli(own, dict(no_token_env))("key", "generate", "targets", "--store", "file")
+    assert own.stat().st_mode & 0o777 == 0o700

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hsmsign import pkcs8
 from hsmsign.errors import HsmsignError, NotFound
+from hsmsign.config import ensure_home
 from hsmsign.fsutil import atomic_write, ensure_private_dir, fsync_dir
 from hsmsign.keys import (
     KeyRecord,
@@ -140,7 +141,7 @@ class FileKeyStore:
         pem = pkcs8.encrypt_private_key_pem(
             key, passphrase.encode(), headers, iterations=self.kdf_iterations
         )
-        ensure_private_dir(self.home)
+        ensure_home(self.home)
         ensure_private_dir(self.private_dir)
         self._write_public(keyid, key)
         atomic_write(self.key_path(keyid), pem)

@@ -967,9 +967,10 @@ class YubiKeyStore(ScannedStore):
         path = self._record_path()
         if path is None:
             return
-        from hsmsign.fsutil import atomic_write, ensure_private_dir
+        from hsmsign.config import ensure_home
+        from hsmsign.fsutil import atomic_write
 
-        ensure_private_dir(path.parent)
+        ensure_home(path.parent)
         atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
