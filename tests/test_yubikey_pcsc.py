@@ -240,6 +240,7 @@ def test_import_from_file_keeps_the_encrypted_file_as_backup(yk, card, keyed_hom
     record = json.loads(out.stdout)
     assert record["keyid"] == file_key["keyid"] and record["store"] == "yubikey"
     assert "stays as the encrypted backup" in out.stderr
+    assert f"\nImported ecdsa-p256 root key {file_key['keyid']}\n" in out.stderr
     assert not card.keys[0x9C].generated and key_file.read_bytes() == backup
     listed = {r["store"] for r in json.loads(yk("key", "list", "--json").stdout)
               if r["keyid"] == record["keyid"]}
@@ -275,10 +276,14 @@ def test_token_setup_then_reset_with_typed_confirmation(yk, card, pcsc, env, key
     assert "WARNING" not in info
     assert "factory default" not in yk("token", "list", env={"HSMSIGN_PIN": "24681357"}).stderr
 
-    # Reset: only with the serial typed at a terminal.
+    # Reset: only with the serial typed at a terminal, after saying which keys it erases.
+    keyid = json.loads(yk("key", "generate", "root", "--store", "yubikey", "--touch", "never",
+                          "--json", env={"HSMSIGN_PIN": "24681357"}).stdout)["keyid"]
     assert "typed at a terminal" in yk.fails("token", "reset").error_lines[0]
     reset = [sys.executable, "-m", "hsmsign", "--home", str(keyed_home), "token", "reset"]
     child = pexpect.spawn(reset[0], reset[1:], env=env, encoding="utf-8", timeout=60)
+    child.expect(f"slot key {keyid} \\(root, YubiKey {SERIAL} slot 9c\\)")
+    child.expect("1 key\\(s\\), listed above")
     child.expect("Type its serial number to confirm")
     child.sendline("1234")
     child.expect(pexpect.EOF)

@@ -92,7 +92,8 @@ def generate(app, role, gun, algorithm, store, slot, touch, pin_policy, import_f
     else:
         record, why = app.stores.generate(role, gun, find_algorithm(algorithm), store,
                                           yubikey=options)
-    app.note(f"Generated {record.algorithm} {role} key {record.keyid}")
+    made = "Imported" if import_from_file else "Generated"
+    app.note(f"{made} {record.algorithm} {role} key {record.keyid}")
     app.note(f"  stored in {record.store} {record.location}")
     app.note(f"  because {why}")
     if app.json:

@@ -114,8 +114,12 @@ def reset(app, serial):
     if not sys.stdin.isatty():
         raise HsmsignError(f"`token reset` erases every PIV key on YubiKey {found.serial} and needs "
                            "its serial number typed at a terminal; nothing was changed")
+    held = [r for r in store.list_keys() if str(found.serial) in r.location]
+    for r in held:  # what is lost, said before it is: a root key in use is the worst case
+        app.note(f"  slot key {r.keyid} ({r.role}, {r.location})")
     typed = click.prompt(f"This erases every PIV key and certificate on {store.describe(found)} "
-                         "and restores the factory PIN, PUK and management key.\n"
+                         f"({len(held)} key(s), listed above) and restores the factory PIN, PUK "
+                         "and management key.\n"
                          "Type its serial number to confirm", default="", show_default=False,
                          err=True)
     if typed.strip() != str(found.serial):
