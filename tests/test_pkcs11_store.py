@@ -239,3 +239,10 @@ def test_token_keys_are_for_signing_only(token_root, softhsm):
             usage = next(l for l in block.splitlines() if "Usage:" in l)
             assert "sign" in usage
             assert not any(u in usage for u in ("decrypt", "unwrap", "derive"))
+
+
+def test_token_list_says_when_yubikeys_cannot_be_listed(softhsm, home, tmp_path):
+    env = clean_environ(**softhsm.env(), PCSCLITE_CSOCK_NAME=str(tmp_path / "no-pcscd.sock"))
+    out = Cli(home, env)("token", "list")
+    assert "warning: YubiKeys not listed: cannot reach pcscd" in out.stderr
+    assert softhsm.label in out.stdout  # the PKCS#11 tokens are listed all the same

@@ -51,6 +51,8 @@ def list_(app, serial):
     if serial is not None and not tokens and not yubikeys:
         raise HsmsignError(f"no token or YubiKey with serial {serial} is present"
                            + (f" ({unreachable})" if unreachable else ""))
+    if unreachable:
+        app.note(f"warning: YubiKeys not listed: {unreachable}")
     if app.json:
         app.emit_json([t.to_json() for t in tokens] + [y.to_json() for y in yubikeys])
         return
