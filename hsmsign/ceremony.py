@@ -646,7 +646,7 @@ def verify_transcript(path: Path, repo: Path) -> dict:
             path_on_disk = repository.metadata_dir / name
             if path_on_disk.exists() and sha256_file(path_on_disk) == digest:
                 continue
-            if name == "timestamp.json":  # replaced by design (`repo refresh`): note it
+            if name == "timestamp.json" and path_on_disk.exists():  # replaced by design
                 replaced.append(name)
                 continue
             if path_on_disk.exists() and (

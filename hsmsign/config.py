@@ -11,6 +11,7 @@ line, else the environment, else `<home>/config.toml`:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,8 @@ YUBIKEYS_ONLY = TokenConfig(pkcs11=False)
 
 # What hsmsign keeps in a home; a directory holding anything else is not one of its homes.
 HOME_ENTRIES = {"private", "public", "config.toml", "yubikeys.json"}
+# What a crash may leave: a restore's staging directory, an atomic write's temp file.
+_HOME_LEFTOVER = re.compile(r"^\.(hsmsign-.*|(config\.toml|yubikeys\.json)\..*\.tmp)$")
 
 
 def ensure_home(home: Path) -> Path:
@@ -83,7 +86,7 @@ def check_home(home: Path) -> None:
     mistyped --home must not change the mode of someone's directory."""
     if home.is_dir() and home.stat().st_mode & 0o077:
         others = sorted(p.name for p in home.iterdir()
-                        if p.name not in HOME_ENTRIES and not p.name.startswith(".hsmsign-"))
+                        if p.name not in HOME_ENTRIES and not _HOME_LEFTOVER.match(p.name))
         if others:
             raise HsmsignError(
                 f"{home} is open to others (mode {home.stat().st_mode & 0o777:04o}) and holds "

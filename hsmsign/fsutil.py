@@ -26,7 +26,8 @@ def _make_dirs(path: Path, mode: int) -> None:
         try:
             directory.mkdir(mode=mode)
         except FileExistsError:
-            pass
+            continue
+        directory.chmod(mode)  # mkdir's mode passes through the umask
 
 
 def ensure_private_dir(path: Path) -> Path:

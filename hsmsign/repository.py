@@ -669,10 +669,11 @@ class HsmsignRepository(Repository):
             keys, threshold = self.role_keys(role)
             if len(service.available(keys)) >= threshold:
                 return True
-            service.stores.require_configured_token()  # an absent token is an error, not a skip
+            problem = service.stores.configured_token_problem()
             skipped.append(f"{role}: expires {self.open(role).signed.expires:%Y-%m-%d %H:%M} UTC, "
                            f"but fewer than {threshold} of its keys are here"
-                           f"{service.stores.elsewhere(keys)}")
+                           f"{service.stores.elsewhere(keys)}"
+                           f"{f' (the configured token is not present: {problem})' if problem else ''}")
             return False
 
         for role in candidates:

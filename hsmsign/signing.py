@@ -8,6 +8,7 @@ Any python-tuf based tool can sign with them (`Metadata.sign(signer, append=True
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -137,7 +138,7 @@ class _HandlerPrompter:
         self.handler = handler
 
     def ask_secret(self, prompt: str) -> str:
-        return self.handler("pin" if "PIN" in prompt else "passphrase")
+        return self.handler("pin" if prompt.lstrip().startswith("Enter PIN ") else "passphrase")
 
     def tell(self, message: str) -> None:
         pass
@@ -155,7 +156,9 @@ class HsmsignSigner(Signer):
         home = resolve_home(None)
         # A handler given is the one source of secrets (as for securesystemslib's signers);
         # without one, the environment (HSMSIGN_PIN, HSMSIGN_<ROLE>_PASSPHRASE, ...).
-        secrets = (Secrets(environ={}, prompter=_HandlerPrompter(secrets_handler))
+        secrets = (Secrets(environ={k: v for k, v in os.environ.items()  # settings stay
+                                    if not k.endswith(("_PIN", "_PASSPHRASE"))},
+                           prompter=_HandlerPrompter(secrets_handler))
                    if secrets_handler else
                    Secrets(prompter=None, nobody_to_ask="no secrets_handler was given to "
                                                         "Signer.from_priv_key_uri to ask"))
@@ -261,6 +264,7 @@ class SigningService:
         self._signers: dict[str, Signer] = {}
         self._checkers: dict[str, Key] = {}
         self._here: set[str] | None = None
+        self.warnings: list[str] = []  # why keys may be missing here (an absent token)
 
     def available(self, keyids) -> list[str]:
         """The key IDs among `keyids` that some store here holds."""
@@ -294,7 +298,12 @@ class SigningService:
         plans = [self._plan(*item) for item in items]
         if any(len(plan.verified.union(plan.todo) & plan.counted.keys()) < plan.report.threshold
                for plan in plans):
-            self.stores.require_configured_token()  # short of keys: say so if it is why
+            # Short of keys: when the configured token is absent, that may be why. A warning,
+            # not an error: other custodians' keys, or a root token in its safe, are absent
+            # by design, and a cron job must go on refreshing timestamp.
+            problem = self.stores.configured_token_problem()
+            if problem and problem not in self.warnings:
+                self.warnings.append(problem)
         pending = [(plan, keyid) for plan in plans for keyid in plan.todo]
         with closing(self._signatures(pending)) as signatures:
             for (plan, keyid), signature in zip(pending, signatures):

@@ -58,8 +58,10 @@ def verify(repo: HsmsignRepository, trusted_root: bytes | None = None) -> Verifi
     read = lambda name: _read_bytes(repo, name)  # noqa: E731
     step = "root"
     version = None  # the root version being checked against the one trusted before it
+    given = None  # the trusted root's own version, when one was given
     try:
         trusted = TrustedMetadataSet(trusted_root or read("1.root.json"), EnvelopeType.METADATA)
+        given = trusted.root.version if trusted_root is not None else None
         version = trusted.root.version + 1
         while (repo.metadata_dir / metadata_filename("root", version)).exists():
             trusted.update_root(read(metadata_filename("root", version)))
@@ -93,16 +95,29 @@ def verify(repo: HsmsignRepository, trusted_root: bytes | None = None) -> Verifi
     except RepositoryError:
         raise
     except tuf_errors.UnsignedMetadataError as e:
-        if step == "root" and trusted_root is not None and version is not None:
+        if (step == "root" and given is not None and version == given + 1
+                and not _signed_by(trusted.root, read(metadata_filename("root", version)))):
             raise RepositoryError(
                 f"root v{version} is not signed by a threshold of the keys of the trusted root "
-                f"you gave (v{version - 1}): that root is not this repository's, or root v{version} "
+                f"you gave (v{given}): that root is not this repository's, or root v{version} "
                 "still needs signatures of the previous root keys (`hsmsign sign REPO root` "
                 "where they are)") from None
         raise RepositoryError(_explain(step, e)) from None
     except (tuf_errors.RepositoryError, ValueError) as e:
         raise RepositoryError(_explain(step, e)) from None
     return result
+
+
+def _signed_by(root, data: bytes) -> bool:
+    """Whether `data` (a root) carries a threshold of signatures of `root`'s root keys."""
+    from tuf.api.serialization import DeserializationError
+
+    try:
+        md = Metadata.from_bytes(data)
+        root.verify_delegate("root", md.signed_bytes, md.signatures)
+    except (DeserializationError, tuf_errors.UnsignedMetadataError):
+        return False
+    return True
 
 
 def _check_thresholds(roles) -> None:

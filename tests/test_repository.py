@@ -417,23 +417,27 @@ def test_a_token_removed_mid_way_leaves_the_repository_unchanged(softhsm, tmp_pa
 
 @pytest.mark.parametrize("missing", [{"HSMSIGN_TOKEN_LABEL": "no-such-token"},
                                      {"HSMSIGN_PKCS11_MODULE": "/nonexistent/libpkcs11.so"}])
-def test_a_configured_token_that_is_absent_is_an_error_never_an_unsigned_root(repo, missing):
-    """The root key is on the token: with the token configured but not there, a change that
-    needs root (rotation, refresh) fails; it is not written unsigned for a key "not here"."""
+def test_a_configured_token_that_is_absent_is_said_never_silent(repo, missing):
+    """The root key is on the token. With the token configured but not there, nothing passes
+    it over in silence: a change that needs root says why root did not sign, a refresh says
+    why root was skipped, and what the file keys can do (timestamp, for a cron job) is done."""
     cli, path = repo
-    before = tree_digest(path)
+    expected = "no token" if "HSMSIGN_TOKEN_LABEL" in missing else "nonexistent"
+    out = json.loads(cli("repo", "refresh", str(path), "--within", "400", "--json",
+                         env=missing).stdout)
+    assert out["refreshed"] == ["targets", "snapshot", "timestamp"]
+    assert out["skipped"][0].startswith("root:") and "the configured token is not present" \
+        in out["skipped"][0] and expected in out["skipped"][0]
+    cli("repo", "verify", str(path))
     targets_key = keyid_of(cli, path, "targets")
     new = json.loads(cli("key", "generate", "targets", "--json").stdout)["keyid"]
-    expected = "no token" if "HSMSIGN_TOKEN_LABEL" in missing else "nonexistent"
-    for args in (["rotate", str(path), "targets", "--add-key", new, "--remove-key", targets_key],
-                 ["repo", "refresh", str(path), "--role", "root", "--within", "400"]):
-        result = cli.fails(*args, env=missing)
-        assert expected in result.error_lines[0], (args, result.stderr)
-        assert tree_digest(path) == before, args
-    # What needs only the file keys still works; status warns that the token is not counted.
-    cli("target", "add", str(path), "x", "--length", "1", "--sha256", "e" * 64, env=missing)
+    out = cli("rotate", str(path), "targets", "--add-key", new, "--remove-key", targets_key,
+              env=missing)
+    assert "warning: the configured token is not present, so its keys did not sign" in out.stderr
+    assert expected in out.stderr and "root v2: 0/1 signatures" in out.stderr
     status = cli("repo", "status", str(path), env=missing)
     assert "warning: token keys not counted as here" in status.stderr
+    cli("sign", str(path), "root")  # the token is back: root is signed, the set verifies
     cli("repo", "verify", str(path))
 
 
@@ -494,6 +498,11 @@ def test_signer_add_with_paths_for_nested_targets(repo):
     cli("target", "add", str(path), "app/v1.tgz", "--length", "1", "--sha256", "e" * 64,
         "--role", "bob")
     cli("repo", "verify", str(path))
+    # The same again changes nothing: no new versions.
+    before = tree_digest(path)
+    again = json.loads(cli("signer", "add", "bob", "--key", bob, "--path", "app/*", str(path),
+                           "--json").stdout)
+    assert again["written"] == [] and tree_digest(path) == before
 
 
 def test_sign_says_when_the_keys_here_have_already_signed(repo):
@@ -583,14 +592,36 @@ def test_links_planted_in_a_repository_are_never_written_through(repo, tmp_path)
     assert not (tmp_path / "created-by-lock").exists()
     (path / ".hsmsign.lock").unlink()
     assert victim.read_text() == "not yours" and victim.stat().st_mode & 0o777 == 0o600
-    # Whatever the umask, the repository's directories and files are the owner's to change.
+    # Whatever the umask, the repository's directories and files are the owner's to change
+    # and everyone's to read (a web server serves them).
     old = os.umask(0)
     try:
         cli("target", "add", str(path), "app/v2.txt", "--file", str(payload))
         cli("repo", "init", str(tmp_path / "new" / "repo"))
+        os.umask(0o077)
+        cli("repo", "init", str(tmp_path / "tight" / "repo"))
+        cli("target", "add", str(tmp_path / "tight" / "repo"), "t/v2.txt", "--file", str(payload))
     finally:
         os.umask(old)
-    for root in (path, tmp_path / "new" / "repo"):
+    for root in (path, tmp_path / "new" / "repo", tmp_path / "tight" / "repo"):
         for item in [root, *root.rglob("*")]:
-            assert item.stat().st_mode & 0o022 == 0, item
+            if item.name == ".hsmsign.lock":
+                continue  # the lock is the writer's business
+            expected = 0o755 if item.is_dir() else 0o644
+            assert item.stat().st_mode & 0o777 == expected, (item, oct(item.stat().st_mode))
     assert (path / "targets" / "app" / f"{digest}.v2.txt").read_bytes() == b"release 2\n"
+
+
+def test_verify_from_a_given_root_blames_the_right_root(repo, tmp_path, env):
+    """Root v2 signed by the old root key but not yet by its own new key: verifying from v1
+    says v2 lacks signatures, not that the root given is another repository's."""
+    cli, path = repo
+    other = Cli(tmp_path / "other-home", env)
+    new = json.loads(other("key", "generate", "root", "--store", "file", "--json").stdout)["keyid"]
+    pem = tmp_path / "new-root.pub"
+    other("key", "export", new, "-o", str(pem))
+    cli("rotate", str(path), "root", "--add-key", str(pem), "--remove-key", keyid_of(cli, path, "root"))
+    error = cli.fails("repo", "verify", str(path), "--root",
+                      str(path / "metadata" / "1.root.json")).error_lines[0]
+    assert "valid signatures did not meet threshold for root" in error, error
+    assert "trusted root you gave" not in error

@@ -112,6 +112,14 @@ def test_hsmsign_uri_scheme_finds_the_key(keyed_home, monkeypatch, softhsm):
     signer = Signer.from_priv_key_uri(f"hsmsign:{record.keyid}", public, handler)
     public.verify_signature(signer.sign(b"data"), b"data")
     assert asked == ["passphrase"]  # securesystemslib's names: "pin", "passphrase"
+    # A role whose name holds "PIN" is still a passphrase.
+    from hsmsign.keys import ALGORITHMS, generate_private_key
+
+    pinned = files.add(generate_private_key(ALGORITHMS["ecdsa-p256"]), "PINNED", None, PASSPHRASE)
+    asked.clear()
+    Signer.from_priv_key_uri(f"hsmsign:{pinned.keyid}", tuf_key(files.public_key(pinned.keyid)),
+                             handler).sign(b"data")
+    assert asked == ["passphrase"]
 
     # A public key whose ID is the key's but whose material is another key's is refused
     # up front: every signature would fail to verify against it.

@@ -439,3 +439,13 @@ def test_pulled_while_the_certificate_is_written_names_the_new_key(card, tmp_pat
                                            "stopped answering") as e:
         make_store(tmp_path, card).generate("root", P256, YubiKeyOptions(touch="never"))
     assert "nothing was" not in str(e.value) and 0x9C in card.keys
+
+
+def test_a_home_that_is_refused_is_refused_before_a_key_is_made(card, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    (home / "notes.txt").write_text("someone's")
+    with pytest.raises(HsmsignError, match="is open to others"):
+        make_store(tmp_path, card).generate("root", P256, YubiKeyOptions(touch="never"))
+    assert card.keys == {}  # nothing on the device, nothing to clean up

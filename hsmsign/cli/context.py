@@ -100,9 +100,13 @@ class AppContext:
         """What was signed, and what still needs signatures (stderr, or JSON on stdout, with
         the command's `extra` fields)."""
         reports = list(repo.reports.values())
+        warnings = list(getattr(repo.signing, "warnings", None) or [])
+        for warning in warnings:
+            self.note(f"warning: the configured token is not present, so its keys did not "
+                      f"sign: {warning}")
         if self.json:
             self.emit_json({**(extra or {}), "written": written,
-                            "signing": [r.to_json() for r in reports]})
+                            "signing": [r.to_json() for r in reports], "warnings": warnings})
             return
         for name in written:
             self.note(f"wrote metadata/{name}")

@@ -116,11 +116,12 @@ def signer_add(app, name, keys, paths, repo):
     with app.locked(repo):
         repository = app.repository(repo)
         for role in (RELEASES, name):
-            present = set()
+            present, patterns = set(), set()
             if repository.role_exists(role):
                 present = set(repository.role_keys(role)[0])
+                patterns = set(repository.delegated_role(role).paths or [])
             new_keys = [k for k in public if k.keyid not in present]
-            if new_keys or paths or not repository.role_exists(role):
+            if new_keys or not set(paths) <= patterns or not repository.role_exists(role):
                 repository.add_delegation(role, new_keys, paths=list(paths) or None, threshold=None,
                                           terminating=False, parent="targets")
         written = repository.commit()

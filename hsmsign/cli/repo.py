@@ -117,13 +117,10 @@ def status(app, repo):
     """Versions, expiry, thresholds, who signed and who must still sign."""
     from hsmsign.verification import status as repo_status
 
-    from hsmsign.keystore.pkcs11 import TokenError
-
     repository = app.repository(repo, signing=False)
-    try:
-        app.stores.require_configured_token()
-    except TokenError as e:
-        app.note(f"warning: token keys not counted as here: {e}")
+    problem = app.stores.configured_token_problem()
+    if problem:
+        app.note(f"warning: token keys not counted as here: {problem}")
     held = app.stores.all_keyids()
     roles = repo_status(repository, held)
     if app.json:

@@ -54,13 +54,17 @@ class KeyStores:
             return False
         return self.token.is_present()
 
-    def require_configured_token(self) -> None:
-        """A TokenError saying why, when the token the user configured (module, label or serial)
-        cannot be used. For when keys are missing: read as "no key here", an absent token
-        would let a change be written without the signatures it was meant to give."""
+    def configured_token_problem(self) -> str | None:
+        """Why the token the user configured (module, label or serial) cannot be used, or None.
+        For when keys are missing: read silently as "no key here", an absent token lets a
+        change be written without the signatures it was meant to give."""
         if (self.token_config.explicit and self.token_config.candidate_modules()
                 and not self.token_available()):
-            self.token.require_present()
+            try:
+                self.token.require_present()
+            except TokenError as e:
+                return str(e)
+        return None
 
     def elsewhere(self, keyids) -> str:
         """Where keys that are not here are, when this home knows: " (key 9f186d8 is on YubiKey

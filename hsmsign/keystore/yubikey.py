@@ -618,6 +618,7 @@ class YubiKeyStore(ScannedStore):
         """A key pair generated on the YubiKey; the private key never exists anywhere else."""
         from yubikit.piv import SLOT
 
+        self._check_home()  # before the device: a key must not be made that cannot be recorded
         found = self.target()
         key_type = self._key_type(alg, found)
         pin_policy, touch_policy = self._policies(options)
@@ -635,6 +636,7 @@ class YubiKeyStore(ScannedStore):
         into the slot; it cannot be attested, since it was not generated there."""
         from yubikit.piv import KEY_TYPE, SLOT
 
+        self._check_home()
         found = self.target()
         pin_policy, touch_policy = self._policies(options)
         slot = SLOT(int(options.slot, 16))
@@ -929,6 +931,12 @@ class YubiKeyStore(ScannedStore):
         return found.serial
 
     # -- what hsmsign set (for firmware without metadata) ---------------------------------
+
+    def _check_home(self) -> None:
+        if self.home is not None:
+            from hsmsign.config import check_home
+
+            check_home(self.home)
 
     def _record_path(self) -> Path | None:
         return self.home / RECORD_FILE if self.home is not None else None
