@@ -34,8 +34,8 @@ from hsmsign.backup_archive import (
     ManifestFile,
     ManifestKey,
 )
-from hsmsign.errors import HsmsignError
 from hsmsign.config import ensure_home
+from hsmsign.errors import HsmsignError
 from hsmsign.fsutil import PRIVATE_FILE_MODE, ensure_private_dir, fsync_dir
 
 if TYPE_CHECKING:
@@ -252,16 +252,15 @@ def resolve_destinations(outputs: list[Path], home: Path, name: str, *,
     return targets
 
 
-def same_disk_warnings(targets: list[Path], home: Path) -> list[str]:
-    """A copy on the home's own file system is no backup of it; for a drive's mount point
-    (/media/usb1), it usually means the drive is not mounted."""
+def same_disk_warnings(directories: list[Path], home: Path, what: str = "the home") -> list[str]:
+    """A copy on the file system of what it backs up (`what`, at `home`) is no backup of it;
+    for a drive's mount point (/media/usb1), it usually means the drive is not mounted."""
     try:
         home_device = os.stat(home).st_dev
     except OSError:
         return []
-    return [f"{t.parent} is on the same file system as the home {home}; if it should be a "
-            "USB drive, the drive is not mounted" for t in targets
-            if os.stat(t.parent).st_dev == home_device]
+    return [f"{d} is on the same file system as {what} {home}; if it should be a USB drive, "
+            "the drive is not mounted" for d in directories if os.stat(d).st_dev == home_device]
 
 
 def create_backup(stores: KeyStores, outputs: list[Path], *,
@@ -284,7 +283,7 @@ def create_backup(stores: KeyStores, outputs: list[Path], *,
     manifest_bytes = manifest.to_bytes()
     targets = resolve_destinations(outputs, home, archive_name(manifest, manifest_bytes),
                                    force=force)
-    warnings.extend(same_disk_warnings(targets, home))
+    warnings.extend(same_disk_warnings([t.parent for t in targets], home))
     if recipients:
         encryption = Encryption(recipients=[r for _, r in recipients],
                                 recipient_names=[t for t, _ in recipients])
@@ -733,7 +732,7 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
             if directory == home:
                 ensure_home(home)  # an existing home is tightened too, as keys get added
             else:
-                ensure_private_dir(directory)
+                ensure_private_dir(directory)  # made, or tightened, before anything is staged
         staging = tempfile.mkdtemp(prefix=".hsmsign-restore-", dir=home)
         staged: list[tuple[str, str]] = []  # plain strings: thousands of files
         for n, (name, data) in enumerate(sorted(files.items()), 1):
@@ -749,8 +748,6 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
             progress("Writing key files", n, len(files))
         _sync(staging, [tmp for tmp, _ in staged])
         directories = {os.path.dirname(target) for _, target in staged}
-        for directory in directories:
-            ensure_private_dir(Path(directory))
         staged.sort(key=lambda pair: (os.path.basename(os.path.dirname(pair[1])) != "public",
                                       pair[1]))
         for tmp, target in staged:

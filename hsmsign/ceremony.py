@@ -251,9 +251,9 @@ class RootCeremony:
         from hsmsign.backup import same_disk_warnings
 
         # The laptop's own disk holds the repository's parent: a drive there is not mounted.
-        for warning in same_disk_warnings([Path(d["path"]) / "x" for d in destinations],
-                                          self.repo.parent):
-            rows.append(("WARNING", warning.replace("the home", "the repository")))
+        for warning in same_disk_warnings([Path(d["path"]) for d in destinations],
+                                          self.repo.parent, "the repository"):
+            rows.append(("WARNING", warning))
         rows.append(("threshold", f"{self.plan.threshold} of {self.plan.tokens} root keys"))
         for i, c in enumerate(self.plan.custodians, 1):
             rows.append((f"custodian {i}", f"{c.name}: {c.token}"))
@@ -392,26 +392,26 @@ class RootCeremony:
         alg = algorithm(self.plan.algorithm)
         if token.custodian.kind != "yubikey":
             record = token.store.generate("root", alg)
-            self._created(token.custodian, record)
+            self._created(record, label=token.custodian.token_label)
             token.keyid = record.keyid
             return record
         self._refuse_factory_defaults(token)
         record = token.store.generate("root", alg, self.plan.yubikey)
-        self._created(token.custodian, record)
+        self._created(record, serial=token.custodian.yubikey_serial)
         token.keyid = record.keyid
         token.attestation = self._attest(token)
         return record
 
-    def _created(self, custodian: Custodian, record) -> None:
-        """A key now on a token: listed, with the command that removes it, if the ceremony
-        stops."""
+    def _created(self, record, *, label: str | None = None, serial: int | None = None) -> None:
+        """A key now on a token (a PKCS#11 `label`, or a YubiKey's `serial`): listed, with the
+        command that removes it, if the ceremony stops."""
         self.created_on_tokens.append(f"{record.keyid} on {record.location}")
-        if custodian.kind == "yubikey":
+        if serial is not None:
             self.removals.append(f"hsmsign key remove {record.keyid} --force   (with YubiKey "
-                                 f"{custodian.yubikey_serial} alone plugged in)")
+                                 f"{serial} alone plugged in)")
         else:
             module = f" HSMSIGN_PKCS11_MODULE={self.plan.pkcs11_module}" if self.plan.pkcs11_module else ""
-            self.removals.append(f"HSMSIGN_TOKEN_LABEL={custodian.token_label}{module} hsmsign "
+            self.removals.append(f"HSMSIGN_TOKEN_LABEL={label}{module} hsmsign "
                                  f"key remove {record.keyid} --force")
 
     def _refuse_factory_defaults(self, token: CustodianToken) -> None:
@@ -495,9 +495,7 @@ class RootCeremony:
             record, _ = stores.generate(role, None, algorithm(DEFAULT_ALGORITHM), self.plan.online_store)
             keys[role] = record.keyid
             if record.store == "token":
-                self.created_on_tokens.append(f"{record.keyid} on {record.location}")
-                self.removals.append(f"HSMSIGN_TOKEN_LABEL={self.plan.online_token} hsmsign key "
-                                     f"remove {record.keyid} --force")
+                self._created(record, label=self.plan.online_token)
         self.ui.screen("3. Online keys", [(role, f"{keyid} ({self.plan.online_store})")
                                           for role, keyid in keys.items()])
         self.transcript.record("online keys", {"store": self.plan.online_store, "keys": keys})

@@ -29,7 +29,7 @@ from securesystemslib.signer import (
 
 from hsmsign.config import load_token_config, resolve_home
 from hsmsign.errors import HsmsignError
-from hsmsign.keys import tuf_key
+from hsmsign.keys import key_id, load_public_key_pem, tuf_key
 from hsmsign.keystore.file import FileKeyStore
 from hsmsign.keystore.stores import KeyStores
 from hsmsign.secrets import Secrets
@@ -97,7 +97,8 @@ def signer_for(stores: KeyStores, keyid: str, public_key: Key | None = None) -> 
     record = stores.locate(keyid)[0]
     if public_key is not None and public_key.keyid != keyid:
         raise HsmsignError(f"public key {public_key.keyid} does not belong to key {keyid}")
-    if public_key is not None and not _same_key(public_key, tuf_key(stores.public_key(keyid))):
+    if public_key is not None and not _same_key(
+            public_key, tuf_key(stores.store_of(record).public_key(keyid))):
         # Else every signature would fail to verify against the key the caller will check with.
         raise HsmsignError(f"the public key given for {keyid} is not that key's public key "
                            "(its key ID matches, its key material does not)")
@@ -116,16 +117,10 @@ def _same_key(a: Key, b: Key) -> bool:
 
     if material(a) == material(b):
         return True
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding, PublicFormat, load_pem_public_key)
-
-    def der(key: Key) -> bytes:
-        return load_pem_public_key(str(key.keyval["public"]).encode()).public_bytes(
-            Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-    try:
-        return der(a) == der(b)
-    except (KeyError, ValueError, TypeError):
+    try:  # the same key in another PEM layout: hsmsign's key ID is of the key itself
+        return (key_id(load_public_key_pem(str(a.keyval["public"]).encode()))
+                == key_id(load_public_key_pem(str(b.keyval["public"]).encode())))
+    except (KeyError, HsmsignError):
         return False
 
 
