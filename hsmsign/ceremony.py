@@ -34,7 +34,7 @@ from hsmsign.repository import HsmsignRepository
 from hsmsign.secrets import Secrets, passphrase_variables
 from hsmsign.signing import SigningService, signer_for
 from hsmsign.transcript import Transcript
-from hsmsign.verification import verify
+from hsmsign.repository.verification import verify
 
 MIN_FREE_BYTES = 10 * 1024 * 1024
 ATTESTATIONS = "attestations"  # REPO/attestations/<keyid>.pem: the YubiKeys' attestations

@@ -115,7 +115,7 @@ def _remove_generated(app, records) -> None:
 @pass_app
 def status(app, repo):
     """Versions, expiry, thresholds, who signed and who must still sign."""
-    from hsmsign.verification import status as repo_status
+    from hsmsign.repository.verification import status as repo_status
 
     repository = app.repository(repo, signing=False)
     problem = app.stores.configured_token_problem()
@@ -162,7 +162,7 @@ def status(app, repo):
 @pass_app
 def verify(app, repo, trusted_root):
     """Verify every role as a TUF client would; exit 0 only if all verify."""
-    from hsmsign.verification import verify as repo_verify
+    from hsmsign.repository.verification import verify as repo_verify
 
     result = repo_verify(app.repository(repo, signing=False),
                          trusted_root.read_bytes() if trusted_root else None)

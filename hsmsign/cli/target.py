@@ -29,7 +29,7 @@ def target():
 def add(app, repo, path, file_, length, sha256, from_manifest, role):
     """Add a target PATH to ROLE (by --file, or --length and --sha256), or many --from-manifest."""
     from hsmsign.errors import HsmsignError
-    from hsmsign.targets import target_from_file, target_from_hash, targets_from_manifest
+    from hsmsign.repository.targets import target_from_file, target_from_hash, targets_from_manifest
 
     uploads = []
     if from_manifest:

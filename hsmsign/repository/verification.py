@@ -17,7 +17,8 @@ from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 from tuf.ngclient.config import EnvelopeType
 
 from hsmsign.keys import TOP_LEVEL_ROLES
-from hsmsign.repository import HsmsignRepository, RepositoryError, metadata_filename, now
+from hsmsign.repository.layout import RepositoryError, metadata_filename, now
+from hsmsign.repository.repo import HsmsignRepository
 from hsmsign.signing import valid_signers
 
 

@@ -1,4 +1,4 @@
-"""Target descriptions from files, from hashes, and from manifests (JSON or CSV)."""
+"""Target paths and descriptions: from files, from hashes, and from manifests (JSON or CSV)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,52 @@ import csv
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuf.api.metadata import TargetFile
 
 from hsmsign.errors import HsmsignError
-from hsmsign.repository import TARGETS_DIR, TargetUpload, check_target_path
+from hsmsign.repository.layout import TARGETS_DIR, RepositoryError
+
+_TARGET_PATH = re.compile(r"^[^/\\\x00][^\\\x00]*$")
+
+
+def check_target_path(path: str) -> str:
+    """A target path as TUF expects it: relative, '/'-separated, no '..' segments."""
+    # Fast path (a manifest's 100,000 paths are each checked twice): no backslash or NUL, no
+    # '/' first or last, no '//' and no segment starting with '.' is valid; the rest is
+    # checked in full below.
+    if (isinstance(path, str) and path and path[0] not in "/." and path[-1] != "/"
+            and "//" not in path and "/." not in path and "\\" not in path and "\x00" not in path):
+        return path
+    if not path or not _TARGET_PATH.match(path) or path.endswith("/") or any(
+        part in ("", ".", "..") for part in path.split("/")
+    ):
+        raise RepositoryError(
+            f"invalid target path {path!r}: use a relative path like 'app/v1.0.tar.gz' "
+            "without '..', '//' or a leading '/'"
+        )
+    return path
+
+
+@dataclass
+class TargetChanges:
+    """What `add_targets` did: new paths, paths given new lengths or hashes, and the rest."""
+
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class TargetUpload:
+    """A target file to copy into `targets/` under its hash-prefixed name."""
+
+    source: Path
+    destination: Path
+
+
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
