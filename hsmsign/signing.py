@@ -253,23 +253,33 @@ class SigningService:
     that returns garbage can never leave a bad signature in the repository.
     """
 
-    def __init__(self, stores: KeyStores, only: set[str] | None = None):
+    def __init__(self, stores: KeyStores, only: set[str] | None = None, remote=None):
         self.stores = stores
         self.only = only  # sign only with these key IDs (e.g. `sign --key`)
+        # Keys a signing service grants (`hsmsign.service.client.RemoteKeys`: `keyids()`,
+        # `signer(keyid, public_key)`); a key held here signs here.
+        self.remote = remote
         self._signers: dict[str, Signer] = {}
         self._checkers: dict[str, Key] = {}
+        self._local: set[str] | None = None
         self._here: set[str] | None = None
         self.warnings: list[str] = []  # why keys may be missing here (an absent token)
 
     def available(self, keyids) -> list[str]:
-        """The key IDs among `keyids` that some store here holds."""
+        """The key IDs among `keyids` that some store here (or the signing service) holds."""
         if self._here is None:
-            self._here = self.stores.all_keyids()
+            self._local = self.stores.all_keyids()
+            self._here = self._local | (self.remote.keyids() if self.remote is not None else set())
         return [k for k in keyids if k in self._here and (self.only is None or k in self.only)]
 
     def signer(self, keyid: str, public_key: Key) -> Signer:
         if keyid not in self._signers:
-            self._signers[keyid] = signer_for(self.stores, keyid, public_key)
+            if self._local is None:
+                self.available([])
+            if self.remote is not None and keyid not in self._local:
+                self._signers[keyid] = self.remote.signer(keyid, public_key)
+            else:
+                self._signers[keyid] = signer_for(self.stores, keyid, public_key)
         return self._signers[keyid]
 
     def sign(self, md: Metadata, role: str, keys: dict[str, Key], threshold: int, *,

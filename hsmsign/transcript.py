@@ -9,19 +9,17 @@ edited, removed or reordered afterwards (`ceremony verify-transcript`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Key, Signature, Signer
 
 from hsmsign.errors import HsmsignError
+from hsmsign.hashchain import GENESIS, ChainBroken, check_chain, entry_hash
 
 FORMAT = "hsmsign-ceremony-transcript/1"
-GENESIS = "0" * 64
 
 
 def _plain(value: Any) -> Any:
@@ -33,11 +31,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _entry_hash(entry: dict) -> str:
-    body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(encode_canonical(body).encode()).hexdigest()
 
 
 @dataclass
@@ -54,7 +47,7 @@ class Transcript:
             "data": _plain(json.loads(json.dumps(data))),
             "prev": self.entries[-1]["hash"] if self.entries else GENESIS,
         }
-        entry["hash"] = _entry_hash(entry)
+        entry["hash"] = entry_hash(entry)
         self.entries.append(entry)
         return entry
 
@@ -78,13 +71,14 @@ class Transcript:
         return cls(data["kind"], list(data["entries"]), list(data.get("signatures", [])))
 
     def check_chain(self) -> None:
-        prev = GENESIS
-        for i, entry in enumerate(self.entries, 1):
-            if entry.get("seq") != i or entry.get("prev") != prev:
-                raise HsmsignError(f"transcript entry {i} is out of order or an entry is missing")
-            if _entry_hash(entry) != entry.get("hash"):
-                raise HsmsignError(f"transcript entry {i} ({entry.get('step')}) was edited afterwards")
-            prev = entry["hash"]
+        try:
+            check_chain(self.entries)
+        except ChainBroken as e:  # the ceremony's words, naming the step
+            i = e.index
+            if e.edited:
+                raise HsmsignError(f"transcript entry {i} ({self.entries[i - 1].get('step')}) "
+                                   "was edited afterwards") from None
+            raise HsmsignError(f"transcript entry {i} is out of order or an entry is missing") from None
 
     def check_signatures(self, keys: dict[str, Key], threshold: int) -> list[str]:
         """Key IDs of `keys` that signed the final digest; an error below `threshold`."""

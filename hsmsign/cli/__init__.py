@@ -21,6 +21,7 @@ COMMANDS = {
     "rotate": ("hsmsign.cli.sign", "rotate", "Replace the keys of a role."),
     "ceremony": ("hsmsign.cli.ceremony", "ceremony", "The guided offline root ceremony."),
     "backup": ("hsmsign.cli.backup", "backup", "Encrypted backups of the file keys; verify; safe restore."),
+    "serve": ("hsmsign.cli.serve", "serve", "The signing service for CI pipelines; verify its audit log."),
 }
 
 

@@ -71,9 +71,11 @@ class AppContext:
 
         service = None
         if signing:
+            from hsmsign.service.client import remote_keys_from_environment
             from hsmsign.signing import SigningService
 
-            service = SigningService(self.stores, only=only)
+            # HSMSIGN_SIGNER_URL: keys this machine does not hold sign through the service.
+            service = SigningService(self.stores, only=only, remote=remote_keys_from_environment())
         return HsmsignRepository(Path(path), service)
 
     def locked(self, path, *, new: bool = False):
