@@ -179,6 +179,24 @@ class Secrets:
         return self._retry(what, self.backup_passphrase, lambda: self._backup_source, forget,
                            attempt)
 
+    # -- a device's other secrets ------------------------------------------------------
+
+    def device_secret(self, variable: str, prompt: str, *, what: str, new: bool = False) -> str:
+        """A secret of a device that is no key passphrase or user PIN (a YubiKey's PUK or
+        management key, its new PIN): `variable`, else a prompt (asked twice when `new`);
+        never remembered."""
+        value = self._from_env([variable])
+        if value is not None:
+            return value
+        if self.prompter is None:
+            raise SecretUnavailable(f"no terminal to ask for the {what} on; set {variable} in "
+                                    "the environment")
+        return self._prompt(
+            self.prompter, prompt,
+            check=lambda v: None if v else "An empty value is not accepted.",
+            repeat=(f"Repeat the {what}: ", f"The two {what}s do not match.") if new else None,
+            give_up=lambda _: f"no {what} given; nothing was changed")
+
     # -- PINs --------------------------------------------------------------------------
 
     def pin(self, token: str, variables: list[str] | None = None) -> str:
@@ -230,24 +248,30 @@ class Secrets:
         return self.prompter
 
     def _ask(self, prompt: str, *, variables: list[str]) -> str:
-        prompter = self._require_prompter(variables)
-        for _ in range(PROMPT_ATTEMPTS):
-            value = prompter.ask_secret(prompt)
-            if value:
-                return value
-            prompter.tell("An empty secret is not accepted.")
-        raise HsmsignError(f"no secret given; type it at the prompt or set {variables[0]}")
+        return self._prompt(self._require_prompter(variables), prompt,
+                            check=lambda v: None if v else "An empty secret is not accepted.",
+                            give_up=lambda _: f"no secret given; type it at the prompt or set "
+                                              f"{variables[0]}")
 
     def _ask_new(self, prompt: str, variables: list[str]) -> str:
-        prompter = self._require_prompter(variables)
+        return self._prompt(
+            self._require_prompter(variables), prompt,
+            check=lambda v: TOO_SHORT if len(v) < MIN_PASSPHRASE_LENGTH else None,
+            repeat=("Repeat passphrase: ", "Passphrases do not match."),
+            give_up=lambda problem: f"{problem} Nothing was changed.")
+
+    @staticmethod
+    def _prompt(prompter: Prompter, prompt: str, *, check: Callable[[str], str | None],
+                give_up: Callable[[str], str], repeat: tuple[str, str] | None = None) -> str:
+        """Ask up to PROMPT_ATTEMPTS times; `check` names what is wrong with a value (None: it
+        is fine), `repeat` is (the prompt to type it again, what to say when they differ)."""
         problem = ""
         for _ in range(PROMPT_ATTEMPTS):
             value = prompter.ask_secret(prompt)
-            if len(value) < MIN_PASSPHRASE_LENGTH:
-                problem = TOO_SHORT
-            elif prompter.ask_secret("Repeat passphrase: ") != value:
-                problem = "Passphrases do not match."
-            else:
+            problem = check(value)
+            if problem is None and repeat is not None and prompter.ask_secret(repeat[0]) != value:
+                problem = repeat[1]
+            if problem is None:
                 return value
             prompter.tell(problem)
-        raise HsmsignError(f"{problem} Nothing was changed.")
+        raise HsmsignError(give_up(problem))
