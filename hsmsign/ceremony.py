@@ -113,6 +113,39 @@ def check_destination(path: Path) -> dict:
     return {"path": str(path), "free_bytes": free}
 
 
+def transcript_files(path: Path) -> tuple[Path, Path]:
+    """The signed transcript (JSON) at `path` and its Markdown rendering beside it (`.md`)."""
+    return path, path.with_suffix(".md")
+
+
+def check_transcript_destination(path: Path, repo: Path) -> None:
+    """A `--transcript FILE` the ceremony can write at the end, checked before the first key:
+    a record of an earlier ceremony is never overwritten."""
+    json_file, markdown = transcript_files(path)
+    if json_file == markdown:
+        raise HsmsignError(f"--transcript {path}: give the JSON file's name (its Markdown "
+                           f"rendering is written beside it as {markdown.name})")
+    for f in (json_file, markdown):
+        if os.path.lexists(f):
+            raise HsmsignError(f"{f} already exists (a transcript is never overwritten); "
+                               "choose another --transcript")
+    parent = path.parent.resolve()
+    if parent == repo.resolve() and not repo.exists():
+        return  # the repository the ceremony creates
+    if not parent.is_dir():
+        raise HsmsignError(f"--transcript {path}: {path.parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HsmsignError(f"--transcript {path}: {path.parent} is not writable")
+
+
+def write_transcript(transcript: Transcript, path: Path) -> None:
+    from hsmsign.fsutil import atomic_write
+
+    json_file, markdown = transcript_files(path)
+    atomic_write(json_file, json.dumps(transcript.to_json(), indent=2).encode() + b"\n", mode=0o644)
+    atomic_write(markdown, transcript.to_markdown().encode(), mode=0o644)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -141,8 +174,10 @@ class RootCeremony:
     """One run of `hsmsign ceremony root`."""
 
     def __init__(self, repo: Path, home: Path, plan: Plan, ui: CeremonyUI, secrets: Secrets, *,
-                 environ: Mapping[str, str] | None = None, force: bool = False):
+                 environ: Mapping[str, str] | None = None, force: bool = False,
+                 transcript_file: Path | None = None):
         self.repo = repo
+        self.transcript_file = transcript_file  # None: the default name inside REPO
         self.home = home
         self.plan = plan
         self.ui = ui
@@ -245,6 +280,8 @@ class RootCeremony:
             raise HsmsignError(f"{self.repo} exists and is not empty; choose a new directory")
         if not self.repo.parent.is_dir():
             raise HsmsignError(f"{self.repo.parent} does not exist")
+        if self.transcript_file is not None:
+            check_transcript_destination(self.transcript_file, self.repo)
         destinations = [check_destination(d) for d in self.plan.backup_destinations]
         for d in destinations:
             rows.append(("backup to", f"{d['path']} ({d['free_bytes'] // (1 << 20)} MiB free)"))
@@ -598,11 +635,8 @@ class RootCeremony:
             for f in sorted((staged_home / sub).iterdir()):
                 atomic_write(self.home / sub / f.name, f.read_bytes())
         self.write_attestations()
-        transcript = self.repo / "ceremony-transcript.json"
-        atomic_write(transcript, json.dumps(self.transcript.to_json(), indent=2).encode() + b"\n",
-                     mode=0o644)
-        atomic_write(self.repo / "ceremony-transcript.md", self.transcript.to_markdown().encode(),
-                     mode=0o644)
+        transcript = self.transcript_file or self.repo / "ceremony-transcript.json"
+        write_transcript(self.transcript, transcript)
         return {"repository": str(self.repo), "transcript": str(transcript),
                 "root_keys": [t.keyid for t in self.tokens], "threshold": self.plan.threshold,
                 "backups": backups, "digest": self.transcript.digest}
@@ -708,6 +742,8 @@ class RootRotation(RootCeremony):
 
     def preflight(self) -> None:
         self.require_secrets(file_roles=())
+        if self.transcript_file is not None:
+            check_transcript_destination(self.transcript_file, self.repo)
         old_keys = sorted(self.old_root.signed.roles["root"].keyids)
         self.ui.screen("1. Preflight: rotating root", [
             ("repository", str(self.repo)),
@@ -812,10 +848,9 @@ class RootRotation(RootCeremony):
         atomic_write(self.repo / "metadata" / name, (self.work / "repo" / "metadata" / name).read_bytes(),
                      mode=0o644)
         self.write_attestations()
-        transcript = self.repo / f"ceremony-rotate-root-{version}-transcript.json"
-        atomic_write(transcript, json.dumps(self.transcript.to_json(), indent=2).encode() + b"\n",
-                     mode=0o644)
-        atomic_write(transcript.with_suffix(".md"), self.transcript.to_markdown().encode(), mode=0o644)
+        transcript = (self.transcript_file
+                      or self.repo / f"ceremony-rotate-root-{version}-transcript.json")
+        write_transcript(self.transcript, transcript)
         return {"repository": str(self.repo), "transcript": str(transcript), "root_version": version,
                 "root_keys": [t.keyid for t in self.tokens], "threshold": self.plan.threshold,
                 "digest": self.transcript.digest}

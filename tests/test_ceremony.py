@@ -430,6 +430,52 @@ def test_rotate_root_a_custodian_leaves_and_a_client_follows(three, tmp_path):
     cli("ceremony", "verify-transcript", str(repo / "ceremony-transcript.json"), str(repo))
 
 
+def test_transcript_option_writes_the_record_where_asked(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "dave")))
+    repo, records = tmp_path / "repo", tmp_path / "records"
+    records.mkdir()
+    (records / "taken.md").write_text("an earlier ceremony's record\n")
+    # Checked in preflight: before any key is made, nothing is written anywhere.
+    for given, expected in ((records / "root.md", "give the JSON file's name"),
+                            (records / "taken.json", "already exists"),
+                            (tmp_path / "missing" / "root.json", "is not a directory")):
+        run = cli.fails("ceremony", "root", str(repo), "--plan", str(plan), "--allow-network",
+                        "--transcript", str(given))
+        assert expected in run.error_lines[0], run.stderr
+        assert "hsmsign key remove" not in run.stderr
+    assert not repo.exists() and not (tmp_path / "home").exists()
+    assert sorted(p.name for p in records.iterdir()) == ["taken.md"]
+
+    first = json.loads(cli("ceremony", "root", str(repo), "--plan", str(plan), "--allow-network",
+                           "--transcript", str(records / "root.json"), "--json").stdout)
+    assert first["transcript"] == str(records / "root.json")
+    assert (records / "root.md").read_text().startswith("# hsmsign ceremony transcript (root)")
+    assert not list(repo.glob("ceremony-transcript*"))  # not the default as well
+    out = json.loads(cli("ceremony", "verify-transcript", str(records / "root.json"), str(repo),
+                         "--json").stdout)
+    assert out["threshold"] == 2 and len(out["signed_by"]) == 2
+
+    three.add("dave")
+    rotation = write_plan(tmp_path / "rotate.toml", ["alice", "bob", "dave"], 2)
+    result = json.loads(cli("ceremony", "rotate-root", str(repo), "--plan", str(rotation),
+                            "--allow-network", "--transcript", str(records / "rotate.json"),
+                            "--json").stdout)
+    assert result["root_version"] == 2 and result["transcript"] == str(records / "rotate.json")
+    assert (records / "rotate.md").read_text().startswith("# hsmsign ceremony transcript (rotate-root)")
+    assert not list(repo.glob("ceremony-*"))
+    out = json.loads(cli("ceremony", "verify-transcript", str(records / "rotate.json"), str(repo),
+                         "--json").stdout)
+    assert out["threshold"] == 2 and len(out["signed_by"]) == 3
+    cli("ceremony", "verify-transcript", str(records / "root.json"), str(repo))
+    # An existing record is never overwritten by a later rotation; the repository is unchanged.
+    before = tree_digest(repo)
+    assert "already exists" in cli.fails("ceremony", "rotate-root", str(repo), "--plan", str(rotation),
+                                         "--allow-network", "--transcript",
+                                         str(records / "rotate.json")).error_lines[0]
+    assert tree_digest(repo) == before
+
+
 def test_rotate_root_refuses_a_repository_that_does_not_verify(three, tmp_path):
     plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2)
     cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob")))

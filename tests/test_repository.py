@@ -514,6 +514,29 @@ def test_sign_says_when_the_keys_here_have_already_signed(repo):
     assert "signed now: none" in out.stderr
 
 
+def test_sign_with_a_key_that_is_not_the_roles_is_an_error(repo, tmp_path):
+    cli, path = repo
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsmsign.keys import key_id, public_key_pem
+
+    alice = json.loads(cli("key", "generate", "alice", "--json").stdout)["keyid"]
+    bob = ec.generate_private_key(ec.SECP256R1()).public_key()  # held on another machine
+    (tmp_path / "bob.pub").write_bytes(public_key_pem(bob))
+    cli("delegation", "add", str(path), "releases", "--key", alice, "--key", str(tmp_path / "bob.pub"),
+        "--threshold", "2")
+    targets_key, root_key = keyid_of(cli, path, "targets"), keyid_of(cli, path, "root")
+    before = tree_digest(path)
+    error = cli.fails("sign", str(path), "releases", "--key", targets_key).error_lines[0]
+    shown = ", ".join(sorted([alice[:7], key_id(bob)[:7]]))
+    assert error == (f"error: key {targets_key[:7]} is not a key of releases; releases's keys are "
+                     f"{shown}, and this machine holds {alice[:7]}; nothing changed"), error
+    error = cli.fails("sign", str(path), "root", "--key", alice, "--key", root_key).error_lines[0]
+    assert f"key {alice[:7]} is not a key of root; root's keys are {root_key[:7]}" in error
+    assert tree_digest(path) == before
+    cli("sign", str(path), "releases", "--key", alice)  # one of its keys: fine
+
+
 def test_refresh_json_says_what_was_refreshed_and_skipped(repo, env):
     cli, path = repo
     no_root = Cli(cli.home, {k: v for k, v in env.items()

@@ -110,14 +110,18 @@ def ceremony():
 @click.option("--backup-to", multiple=True, type=click.Path(path_type=Path),
               help="Backup destination (repeat; wins over the plan).")
 @click.option("--allow-network", is_flag=True, help="Rehearsal only: run with the network up.")
+@click.option("--transcript", "transcript_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the signed transcript (JSON) here, its Markdown beside it (.md); "
+                   "default: REPO/ceremony-transcript.json.")
 @common_options
 @pass_app
-def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network):
+def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network, transcript_file):
     """Create a new TUF root with one key per custodian token, step by step."""
     from hsmsign.ceremony import RootCeremony
 
     plan, ui = _plan_and_ui(plan_file, threshold, tokens, list(backup_to), allow_network)
-    result = _run(app, RootCeremony(repo, app.home, plan, ui, app.secrets, force=app.force),
+    result = _run(app, RootCeremony(repo, app.home, plan, ui, app.secrets, force=app.force,
+                                    transcript_file=transcript_file),
                   f"ceremony stopped; nothing was written to {repo} or the home")
     if app.json:
         app.emit_json(result)
@@ -135,14 +139,18 @@ def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network):
 @click.option("--threshold", type=int, help="Root keys needed to sign the new root.")
 @click.option("--tokens", type=int, help="Number of custodian tokens of the new root.")
 @click.option("--allow-network", is_flag=True, help="Rehearsal only: run with the network up.")
+@click.option("--transcript", "transcript_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the signed transcript (JSON) here, its Markdown beside it (.md); "
+                   "default: REPO/ceremony-rotate-root-N-transcript.json.")
 @common_options
 @pass_app
-def rotate_root(app, repo, plan_file, threshold, tokens, allow_network):
+def rotate_root(app, repo, plan_file, threshold, tokens, allow_network, transcript_file):
     """Replace root keys (a custodian leaves, a token is lost), signed by old and new keys."""
     from hsmsign.ceremony import RootRotation
 
     plan, ui = _plan_and_ui(plan_file, threshold, tokens, [], allow_network)
-    result = _run(app, RootRotation(repo, app.home, plan, ui, app.secrets, force=app.force),
+    result = _run(app, RootRotation(repo, app.home, plan, ui, app.secrets, force=app.force,
+                                    transcript_file=transcript_file),
                   f"rotation stopped; {repo} is unchanged")
     if app.json:
         app.emit_json(result)

@@ -26,8 +26,6 @@ def sign(app, repo, role, keys):
         if here:
             app.note(f"{role} v{report.version} is already signed by the key(s) here "
                      f"({', '.join(k[:7] for k in here)}); nothing changed")
-        elif only:
-            app.note(f"no key given with --key is a key of {role}; nothing changed")
         else:
             where = app.stores.elsewhere(report.unsigned_keys)
             app.note(f"no key of {role} is here{where}; nothing changed")

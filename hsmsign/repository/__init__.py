@@ -24,6 +24,7 @@ from hsmsign.repository.layout import (
     METADATA_DIR,
     PUBLIC_FILE_MODE,
     TARGETS_DIR,
+    NotAKeyOfRole,
     RepositoryError,
     check_init_arguments,
     metadata_filename,
@@ -38,7 +39,7 @@ from hsmsign.repository.targets import TargetChanges, TargetUpload, check_target
 __all__ = [
     "CONFIG_FILE", "DEFAULT_EXPIRY_DAYS", "DELEGATION_EXPIRY_DAYS", "LOCK_FILE",
     "LOCK_TIMEOUT_SECONDS", "METADATA_DIR", "PUBLIC_FILE_MODE", "TARGETS_DIR",
-    "HsmsignRepository", "RepositoryError", "RepositoryLock", "RepositoryStorage",
+    "HsmsignRepository", "NotAKeyOfRole", "RepositoryError", "RepositoryLock", "RepositoryStorage",
     "TargetChanges", "TargetUpload", "check_init_arguments", "check_target_path",
     "metadata_filename", "now", "signed_type",
 ]

@@ -31,6 +31,10 @@ class RepositoryError(HsmsignError):
     """The repository is missing, damaged, or the change asked for is not allowed."""
 
 
+class NotAKeyOfRole(RepositoryError):
+    """A key chosen to sign a role (`sign --key`) is not one of that role's keys."""
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 

@@ -24,6 +24,7 @@ from hsmsign.repository.layout import (
     METADATA_DIR,
     PUBLIC_FILE_MODE,
     TARGETS_DIR,
+    NotAKeyOfRole,
     RepositoryError,
     metadata_filename,
     now,
@@ -276,10 +277,33 @@ class RepositoryStorage(Repository):
         if role == "root" and md.signed.version > 1:
             self._previous_root = self.read_file(
                 metadata_filename("root", md.signed.version - 1), "root")
+        self._check_chosen_keys(role, md)
         report = self.sign(role, md)
         if report.signed_here:
             self._stage(role, md)
         return report
+
+    def _check_chosen_keys(self, role: str, md: Metadata) -> None:
+        """`sign --key K` where K cannot sign `role` is a mistake, not "nothing to do"."""
+        service = self._service()
+        if service.only is None:
+            return
+        keys, _ = self.role_keys(role, md if role == "root" else None)
+        allowed = set(keys)
+        if role == "root" and self._previous_root is not None:
+            allowed |= set(self.role_keys("root", self._previous_root)[0])  # rotation
+        foreign = sorted(service.only - allowed)
+        if not foreign:
+            return
+        held = service.stores.all_keyids()
+        here = [k[:7] for k in sorted(allowed) if k in held]
+        named = ", ".join(k[:7] for k in foreign)
+        raise NotAKeyOfRole(
+            f"{f'key {named} is not a key' if len(foreign) == 1 else f'keys {named} are not keys'}"
+            f" of {role}; {role}'s keys are "
+            f"{', '.join(k[:7] for k in sorted(allowed)) or 'none'}, and this machine holds "
+            f"{', '.join(here) if here else 'none of them'}; nothing changed"
+        )
 
     # -- staging and writing -----------------------------------------------------------
 
