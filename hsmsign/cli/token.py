@@ -57,8 +57,13 @@ def list_(app, serial):
         app.emit_json([t.to_json() for t in tokens] + [y.to_json() for y in yubikeys])
         return
     if tokens or not yubikeys:
+        from hsmsign.keystore.pkcs11 import remote_address
+
+        address = remote_address(config.module) if config.module else None
         app.table(["LABEL", "SERIAL", "MANUFACTURER", "MODEL", "SLOT", "MODULE"],
                   [[t.label or "(not initialized)", t.serial, t.manufacturer, t.model, str(t.slot), t.module] for t in tokens],
+                  f"No token reached through the p11-kit server {address}: is it running, and its "
+                  "socket forwarded here?" if address else
                   "No token present. Plug one in, or set HSMSIGN_PKCS11_MODULE.")
     if yubikeys:
         rows = []

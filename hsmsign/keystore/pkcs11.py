@@ -10,8 +10,10 @@ for every key and signature.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +61,28 @@ def _load_module(path: str):
         ) from None
 
 
+P11_KIT_CLIENT = "p11-kit-client.so"
+
+
+def remote_address(module: str) -> str | None:
+    """The server a PKCS#11 remoting module talks to, or None for a local module.
+
+    p11-kit's client module forwards every call to a `p11-kit server` (a network HSM's token
+    exported over a Unix socket, often forwarded over SSH); without P11_KIT_SERVER_ADDRESS it
+    uses p11-kit's default socket, $XDG_RUNTIME_DIR/p11-kit/pkcs11.
+    """
+    if os.path.basename(module) != P11_KIT_CLIENT:
+        return None
+    default = f"unix:path={os.environ.get('XDG_RUNTIME_DIR', '/run/user/' + str(os.getuid()))}/p11-kit/pkcs11"
+    return os.environ.get("P11_KIT_SERVER_ADDRESS") or default
+
+
+def module_place(module: str) -> str:
+    """Where a module's tokens are, for messages: the module, and the server for a remote one."""
+    address = remote_address(module)
+    return module if address is None else f"{module} (p11-kit server {address})"
+
+
 def _present_slots(lib, module: str) -> list:
     """Slots with a token; a module that cannot enumerate them (e.g. no pcscd) is an error."""
     import pkcs11
@@ -67,6 +91,12 @@ def _present_slots(lib, module: str) -> list:
         slots = list(lib.get_slots(token_present=True))
         return [slot for slot in slots if _answers(slot)]
     except pkcs11.PKCS11Error as e:
+        address = remote_address(module)
+        if address is not None:
+            raise TokenError(
+                f"cannot reach the p11-kit server {address} through {module} "
+                f"({type(e).__name__}); is the server running and its socket forwarded here?"
+            ) from None
         raise TokenError(
             f"PKCS#11 module {module} cannot list its slots ({type(e).__name__}); is the "
             "reader service (pcscd) running and the device plugged in?"
@@ -94,8 +124,14 @@ _GONE = ("DeviceRemoved", "TokenNotPresent", "DeviceError", "GeneralError",
          "SessionHandleInvalid", "SessionClosed", "ObjectHandleInvalid", "SlotIDInvalid")
 
 
-def _token_gone(error: Exception, doing: str) -> TokenError:
-    """The error for a token that vanished (unplugged, module restarted) while in use."""
+def _token_gone(error: Exception, doing: str, module: str | None = None) -> TokenError:
+    """The error for a token that vanished (unplugged, module restarted, a network HSM's
+    server gone) while in use."""
+    address = remote_address(module) if module else None
+    if address is not None:
+        return TokenError(f"the p11-kit server {address} stopped answering while {doing} "
+                          f"({type(error).__name__}); nothing was written: check that the "
+                          "server runs and is reachable, then run the command again")
     return TokenError(f"the token stopped answering while {doing} ({type(error).__name__}: "
                       "was it removed?); plug it in and run the command again")
 
@@ -197,6 +233,17 @@ def public_key_from_object(obj) -> PublicKeyTypes:
     raise HsmsignError(f"unsupported key type {key_type} on token")
 
 
+def _guarded(doing: str):
+    """A store method whose token (or network HSM server) stopping answering is one TokenError."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with self._answering(doing):
+                return method(self, *args, **kwargs)
+        return wrapper
+    return decorate
+
+
 @dataclass
 class _TokenKey:
     record: KeyRecord
@@ -252,7 +299,8 @@ class Pkcs11KeyStore(ScannedStore):
             raise TokenError("no PKCS#11 module configured or found; set HSMSIGN_PKCS11_MODULE")
         wanted = (f"with label {self.config.label!r}" if self.config.label
                   else f"with serial {self.config.serial!r}" if self.config.serial else "")
-        where = self.config.module or ", ".join(self.config.candidate_modules())
+        where = (module_place(self.config.module) if self.config.module
+                 else ", ".join(self.config.candidate_modules()))
         raise TokenError(
             f"no token {wanted} is present in {where}; plug it in, or check "
             "HSMSIGN_TOKEN_LABEL / `hsmsign token list`".replace("  ", " ")
@@ -289,7 +337,7 @@ class Pkcs11KeyStore(ScannedStore):
             return slot.get_token()
         except Exception as e:
             if _is_gone(e):
-                raise _token_gone(e, "reading the token") from None
+                raise _token_gone(e, "reading the token", self._module) from None
             raise
 
     @property
@@ -307,8 +355,25 @@ class Pkcs11KeyStore(ScannedStore):
     def _open_session(self):
         if self._session is None:
             token = self._token()
-            self._session = token.open(rw=self._rw(token))
+            with self._answering("opening a session"):
+                self._session = token.open(rw=self._rw(token))
         return self._session
+
+    @contextmanager
+    def _answering(self, doing: str):
+        """Turn a token (or a network HSM's server) that stopped answering into one TokenError
+        naming it; the dead session is forgotten, so that nothing more is sent over it."""
+        try:
+            yield
+        except HsmsignError:
+            raise
+        except Exception as e:
+            if not _is_gone(e):
+                raise
+            self._session = None
+            self._logged_in = False
+            self._signing_functions.clear()
+            raise _token_gone(e, doing, self._module) from None
 
     @staticmethod
     def _rw(token) -> bool:
@@ -329,7 +394,8 @@ class Pkcs11KeyStore(ScannedStore):
             raise PinPolicyError(refusal)
         pin = self.secrets.pin(name)
         try:
-            session = token.open(rw=self._rw(token), user_pin=pin)
+            with self._answering(f"logging in to token {name}"):
+                session = token.open(rw=self._rw(token), user_pin=pin)
         except pkcs11.PinIncorrect:
             self.secrets.forget_pin(name)
             hint = pin_tries_hint(int(self._token().flags))
@@ -379,6 +445,9 @@ class Pkcs11KeyStore(ScannedStore):
         if self._session is not None:
             try:
                 self._session.close()
+            except Exception as e:  # a session that died with its token or server: gone anyway
+                if not _is_gone(e):
+                    raise
             finally:
                 self._session = None
                 self._logged_in = False
@@ -394,20 +463,21 @@ class Pkcs11KeyStore(ScannedStore):
         session = self._session or self._open_session()
         location = self.token_name
         keys: dict[str, _TokenKey] = {}
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY}):
-            try:
-                public_key = public_key_from_object(obj)
-                alg = algorithm_of(public_key)
-            except HsmsignError:
-                continue  # a key TUF cannot use (another application's): not ours to list
-            keyid = key_id(public_key)
-            keys[keyid] = _TokenKey(
-                record=KeyRecord(keyid=keyid, role=_text(obj.label) or "unknown", gun=None,
-                                 algorithm=alg.name, store=STORE, location=location),
-                cka_id=bytes(obj[Attribute.ID]),
-                public_key=public_key,
-                algorithm=alg,
-            )
+        with self._answering("listing its keys"):
+            for obj in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY}):
+                try:
+                    public_key = public_key_from_object(obj)
+                    alg = algorithm_of(public_key)
+                except HsmsignError:
+                    continue  # a key TUF cannot use (another application's): not ours to list
+                keyid = key_id(public_key)
+                keys[keyid] = _TokenKey(
+                    record=KeyRecord(keyid=keyid, role=_text(obj.label) or "unknown", gun=None,
+                                     algorithm=alg.name, store=STORE, location=location),
+                    cka_id=bytes(obj[Attribute.ID]),
+                    public_key=public_key,
+                    algorithm=alg,
+                )
         self._keys = keys
         return keys
 
@@ -421,6 +491,7 @@ class Pkcs11KeyStore(ScannedStore):
                 "choose --algorithm ecdsa-p256"
             )
 
+    @_guarded("generating a key")
     def generate(self, role: str, alg: Algorithm) -> KeyRecord:
         """A new key pair made inside the token; the private half never leaves it."""
         from pkcs11 import Attribute, KeyType, Mechanism
@@ -469,6 +540,7 @@ class Pkcs11KeyStore(ScannedStore):
                 return key.record
         raise TokenError("the token did not keep the key it just made")  # pragma: no cover
 
+    @_guarded("importing a key")
     def import_private(self, key: PrivateKeyTypes, role: str) -> KeyRecord:
         """Put a software key on the token, sensitive and non-extractable from then on."""
         from pkcs11 import Attribute, ObjectClass
@@ -492,6 +564,7 @@ class Pkcs11KeyStore(ScannedStore):
             raise
         return self._record_for(cka_id)
 
+    @_guarded("removing a key")
     def remove(self, keyid: str) -> None:
         """Destroy the private key, the public key and any certificate with the same CKA_ID."""
         from pkcs11 import Attribute
@@ -514,7 +587,7 @@ class Pkcs11KeyStore(ScannedStore):
             if not _is_gone(e):
                 raise
             self._signing_functions.pop(keyid, None)
-            raise _token_gone(e, f"signing with key {keyid[:7]}") from None
+            raise _token_gone(e, f"signing with key {keyid[:7]}", self._module) from None
 
     def _signing_function(self, keyid: str):
         """payload -> signature for one key, with everything but the token call done once."""
