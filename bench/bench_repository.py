@@ -1,13 +1,13 @@
 """Repository speed, each against a bare python-tuf baseline measured in the same run.
 
 1. `hsmsign target add REPO --from-manifest` of 100,000 targets (the real CLI in a process of
-   its own, on a freshly initialised repository each round: root on a SoftHSM token, the online
-   keys in passphrase-encrypted files) against a bare python-tuf script, also a process of its
-   own, that builds the same `Targets` from the same manifest, signs it with a file key
-   (securesystemslib `CryptoSigner`, P-256 like hsmsign's targets key) and writes it the way
-   python-tuf does (`Metadata.to_file` with its default `JSONSerializer`, which fsyncs).
-   Wall time, CPU time and peak RSS of each process. Target: at most 1.3x the time and the
-   peak memory.
+   its own, on a fresh copy each round of a repository made by `hsmsign repo init` with file
+   keys: all four keys in passphrase-encrypted files, no token) against a bare python-tuf
+   script, also a process of its own, that builds the same `Targets` from the same manifest,
+   signs it with one in-memory ECDSA key (securesystemslib `CryptoSigner`, P-256 like
+   hsmsign's targets key) and calls `Metadata.to_file` (python-tuf's default `JSONSerializer`;
+   it fsyncs). Wall time, CPU time and peak RSS of each process; medians of ROUNDS (default
+   3) alternating rounds. Target: at most 1.3x the time and the peak memory.
 2. Signing 1,000 prepared `Metadata` objects through `SigningService.sign_many` (and, for
    comparison, `SigningService.sign(md, role, keys, threshold)` one by one) with a P-256 key on SoftHSM, against a bare loop over the same objects
    (`CanonicalJSONSerializer().serialize(md.signed)`, then python-pkcs11 in one session:
@@ -19,7 +19,8 @@
 Rounds are interleaved (and their order alternates) so that load from anything else on the
 machine hits every contender alike; the tables show medians.
 
-    python bench/bench_repository.py [N_TARGETS] [N_METADATA] [ROUNDS]     (N_TARGETS 0: part 2 only)
+    python bench/bench_repository.py [N_TARGETS] [N_METADATA] [ROUNDS] [SIGN_ROUNDS]
+    (N_TARGETS 0: part 2 only; N_METADATA 0: part 1 only; ROUNDS 3 and SIGN_ROUNDS 7 by default)
 """
 
 from __future__ import annotations
@@ -47,20 +48,16 @@ TIME = "/usr/bin/time"  # GNU time (Debian: apt-get install time)
 BARE_SCRIPT = r'''
 import json, sys
 from datetime import datetime, timedelta, timezone
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets, TargetFile
-from tuf.api.serialization.json import JSONSerializer
-manifest_path, key_path, out_path = sys.argv[1:4]
+manifest_path, out_path = sys.argv[1:3]
 with open(manifest_path, "rb") as f:
     manifest = json.loads(f.read())
 md = Metadata(Targets(expires=datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=90)))
 for path, entry in manifest.items():
     md.signed.targets[path] = TargetFile(entry["length"], entry["hashes"], path)
-with open(key_path, "rb") as f:
-    signer = CryptoSigner(load_pem_private_key(f.read(), None))
-md.sign(signer)
-md.to_file(out_path, JSONSerializer())  # python-tuf's own write: FilesystemBackend, with fsync
+md.sign(CryptoSigner.generate_ecdsa())  # one in-memory P-256 key
+md.to_file(out_path)  # python-tuf's own write: default JSONSerializer, FilesystemBackend (fsync)
 '''
 
 HSMSIGNER_SCRIPT = r'''
@@ -136,23 +133,21 @@ def hsmsign_command() -> list[str]:
 
 
 def manifest_bench(work: Path, n_targets: int, rounds: int) -> list[str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    env = clean_environ(**_softhsm.env(), **PASSPHRASES)
+    # File keys only: no token configured, and SoftHSM (which auto-detection loads) has none.
+    (work / "no-tokens").mkdir()
+    (work / "no-tokens.conf").write_text(f"directories.tokendir = {work / 'no-tokens'}\n"
+                                         "log.level = ERROR\n")
+    env = clean_environ(SOFTHSM2_CONF=str(work / "no-tokens.conf"), **PASSPHRASES)
     bare_env = clean_environ()
     hsmsign = hsmsign_command()
     subprocess.run([*hsmsign, "--home", str(work / "prepared-home"), "repo", "init",
                     str(work / "prepared-repo")], env=env, check=True, capture_output=True)
-    key_pem = work / "bare-key.pem"
-    key_pem.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     manifests = {n: work / f"manifest-{n}.json" for n in (n_targets, 1)}
     for n, path in manifests.items():
         write_manifest(path, n)
 
     def bare(n: int):
-        return measure([sys.executable, "-c", BARE_SCRIPT, str(manifests[n]), str(key_pem),
+        return measure([sys.executable, "-c", BARE_SCRIPT, str(manifests[n]),
                         str(work / "bare.json")], bare_env)
 
     def cli(n: int):
@@ -182,7 +177,7 @@ def manifest_bench(work: Path, n_targets: int, rounds: int) -> list[str]:
              ("bare", 1): "bare python-tuf script, 1 target",
              ("hsmsign", 1): "hsmsign target add, 1 target"}
     lines = [(f"1. {n_targets:,} targets from a manifest, sign, write: whole processes, "
-              f"{rounds} interleaved rounds, median"),
+              f"{rounds} alternating rounds, median; repository from `repo init` with file keys"),
              (f"{'':44} {'wall s':>7} {'vs bare':>7} {'CPU s':>7} {'vs bare':>7} "
               f"{'peak MiB':>8} {'vs bare':>7}")]
     for who, n in rows:
@@ -361,7 +356,8 @@ def service_bench(work: Path, n: int, rounds: int) -> list[str]:
 def main() -> None:
     n_targets = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     n_metadata = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    sign_rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 7
     if not os.access(TIME, os.X_OK):
         sys.exit(f"this benchmark needs GNU time at {TIME} (Debian: apt-get install time)")
     machine = getattr(_softhsm, "machine", None)
@@ -375,7 +371,7 @@ def main() -> None:
             print("\n".join(lines), flush=True)
             print()
         if n_metadata:  # 0: only part 1
-            print("\n".join(service_bench(work, n_metadata, rounds)))
+            print("\n".join(service_bench(work, n_metadata, sign_rounds)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(token_root, ignore_errors=True)

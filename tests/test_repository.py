@@ -259,6 +259,12 @@ def test_manifest_json_and_csv_list_and_remove(repo, tmp_path):
         "[beta]/.app.tar.gz": {"length": 5, "hashes": {"sha256": "AB" * 32}},
     }))
     cli("target", "add", str(path), "--from-manifest", str(manifest))
+    # Metadata is written compactly (one line, sorted keys: json's C encoder), as python-tuf
+    # reads it; a TUF client's check is test_python_tuf_client_*.
+    written = (path / "metadata" / "2.targets.json").read_bytes()
+    assert b"\n" not in written and b'": ' not in written
+    assert written == json.dumps(json.loads(written), separators=(",", ":"),
+                                 sort_keys=True).encode()
     assert "[beta]/.app.tar.gz" in cli("target", "list", str(path)).stdout
     for bad_path in ("v5/../etc/passwd", "/abs/app", "v5//app", "v5/./app", "v5/app/"):
         bad = tmp_path / "bad.json"
@@ -283,6 +289,31 @@ def test_manifest_json_and_csv_list_and_remove(repo, tmp_path):
     cli("target", "remove", str(path), "v2/app.tar.gz")
     assert "v2/app.tar.gz" not in cli("target", "list", str(path)).stdout
     cli("repo", "verify", str(path))
+
+
+def test_manifest_entries_are_checked_one_by_one(tmp_path):
+    """The manifest's fast path (hashes kept as given) takes exactly what the full check takes."""
+    from hsmsign.errors import HsmsignError
+    from hsmsign.repository.targets import targets_from_manifest
+
+    manifest = tmp_path / "m.json"
+    good = {"a": {"length": 7, "hashes": {"sha256": "0" * 64}},
+            "b": {"length": "8", "hashes": {"sha256": "Ab" * 32}},
+            "c": {"length": 0, "hashes": {"sha256": " " + "c" * 64 + "\n"}, "custom": {"k": 1}}}
+    manifest.write_text(json.dumps(good))
+    got = {t.path: (t.length, t.hashes, t.custom) for t in targets_from_manifest(manifest)}
+    assert got == {"a": (7, {"sha256": "0" * 64}, None), "b": (8, {"sha256": "ab" * 32}, None),
+                   "c": (0, {"sha256": "c" * 64}, {"k": 1})}
+    for entry, expected in (({"length": -1, "hashes": {"sha256": "0" * 64}}, "negative"),
+                            ({"length": "x", "hashes": {"sha256": "0" * 64}}, "whole number"),
+                            ({"length": None, "hashes": {"sha256": "0" * 64}}, "whole number"),
+                            ({"length": 1, "hashes": {"sha256": "g" * 64}}, "64 hex"),
+                            ({"length": 1, "hashes": {"sha256": "a" * 63}}, "64 hex"),
+                            ({"length": 1, "hashes": {"sha256": "a" * 62 + "\u0661" * 2}}, "64 hex"),
+                            ({"length": 1, "hashes": {"sha256": "0x" + "a" * 62}}, "64 hex")):
+        manifest.write_text(json.dumps({"ok": good["a"], "bad/app": entry}))
+        with pytest.raises(HsmsignError, match=expected):
+            targets_from_manifest(manifest)
 
 
 def test_unsigned_delegation_is_reported_in_dct_words(repo, tmp_path):

@@ -335,7 +335,9 @@ class RepositoryStorage(Repository):
             atomic_write(self.path / CONFIG_FILE,
                          json.dumps(self.config, indent=2, sort_keys=True).encode() + b"\n",
                          mode=PUBLIC_FILE_MODE)
-        serializer = JSONSerializer()
+        # Compact: json's C encoder (the indented form runs its pure-Python one, ~2x the time for
+        # a 100,000-target role) and ~20% fewer bytes for clients; TUF and python-tuf read both.
+        serializer = JSONSerializer(compact=True)
         written = []
         for name in sorted(self._staged, key=lambda n: (order(n), n)):
             atomic_write(self.metadata_dir / name, self._staged[name].to_bytes(serializer),
