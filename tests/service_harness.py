@@ -167,3 +167,39 @@ def raw_request(url: str, method: str, path: str, body: bytes | None = None,
         return response.status, json.loads(response.read() or b"{}")
     finally:
         conn.close()
+
+
+def request_bytes(body: dict | bytes, path: str = "/v1/sign") -> bytes:
+    """A whole HTTP/1.1 POST, for clients that write raw bytes (slow, cut short, pipelined)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+def read_response(sock) -> tuple[int, dict]:
+    """One response from a raw socket (Content-Length framing, as aiohttp answers)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next(int(l.split(":", 1)[1]) for l in lines if l.lower().startswith("content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed in the body")
+        body += chunk
+    return status, json.loads(body[:length])
+
+
+def unix_socket(url: str, timeout: float = 30):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(url[len("unix:"):])
+    return sock

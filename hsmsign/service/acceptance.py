@@ -8,7 +8,6 @@ from the parsed object, as `Metadata.signed_bytes` would.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import re
@@ -43,7 +42,8 @@ class Accepted:
 
 
 def parse_signed(signed: object) -> Signed:
-    """python-tuf's model of a "signed" object; `NotAcceptable` saying why it is not one."""
+    """python-tuf's model of a "signed" object; `NotAcceptable` saying why it is not one.
+    `signed` is consumed (python-tuf's `from_dict` pops what it reads): pass a fresh one."""
     if not isinstance(signed, dict):
         raise NotAcceptable('"signed" must be the JSON object of TUF metadata\'s signed part')
     kind = signed.get("_type")
@@ -52,7 +52,7 @@ def parse_signed(signed: object) -> Signed:
         raise NotAcceptable(f"_type {kind!r} is not TUF metadata (root, targets, snapshot or "
                             "timestamp); the service signs nothing else")
     try:
-        return cls.from_dict(copy.deepcopy(signed))  # from_dict consumes what it reads
+        return cls.from_dict(signed)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise NotAcceptable(f"not valid {kind} metadata ({type(e).__name__}: {e}); sign what "
                             "python-tuf's Metadata API writes") from None
@@ -60,7 +60,8 @@ def parse_signed(signed: object) -> Signed:
 
 def accept(signed: object, key: KeyRecord, client: Client, *,
            published: PublishedVersions | None = None) -> Accepted:
-    """Check `signed` against the key's role and the client's limits; the bytes to sign."""
+    """Check `signed` (consumed: parsed from the request for this call) against the key's role
+    and the client's limits; the bytes to sign."""
     md = parse_signed(signed)
     role = key.role
     expected = role if is_top_level(role) else Targets.type  # delegations are targets metadata

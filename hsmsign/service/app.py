@@ -55,6 +55,7 @@ class State:
     audit: AuditLog
     metrics: Metrics
     published: PublishedVersions
+    in_flight: int = 0  # requests whose handler runs (SIGTERM waits for them)
 
 
 def peer_of(request: web.Request) -> Peer:
@@ -115,7 +116,7 @@ class Api:
             accepted = accept(signed, key.record, client, published=self.state.published)
             entry.update(version=accepted.version, sha256=accepted.sha256)
             sig = await self.state.keyring.sign(key, accepted.payload)
-            await self.state.audit.record({**entry, "result": "signed"})
+            self.state.audit.record({**entry, "result": "signed"})
         except ServiceError as e:
             await self._refused(entry, e)
             return _error(e)
@@ -128,7 +129,7 @@ class Api:
         if isinstance(e, StoreUnavailable):
             self.state.metrics.errors.labels("store_unavailable").inc()
         self.state.metrics.refusals.labels(e.reason, entry.get("client") or "").inc()
-        await self.state.audit.record({**entry, "result": e.reason, "reason": str(e)})
+        self.state.audit.record({**entry, "result": e.reason, "reason": str(e)})
 
     async def _body(self, request: web.Request) -> dict:
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -159,7 +160,7 @@ class Api:
             return _error(e)
         mine = [key.to_json() for key in self.state.keyring.keys.values()
                 if client.grants(key.record)]
-        await self.state.audit.record({**entry, "client": client.name, "peer": peer.describe(),
+        self.state.audit.record({**entry, "client": client.name, "peer": peer.describe(),
                                        "result": "listed", "keyids": [k["keyid"] for k in mine]})
         return web.json_response({"keys": mine})
 
@@ -183,6 +184,17 @@ class Api:
             self.state.metrics.store_up.labels(kind).set(1 if state.up else 0)
         return web.Response(body=self.state.metrics.render(),
                             headers={"Content-Type": CONTENT_TYPE})
+
+
+def in_flight(state: State):
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        state.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            state.in_flight -= 1
+    return middleware
 
 
 def json_errors(metrics: Metrics):
@@ -211,7 +223,7 @@ def json_errors(metrics: Metrics):
 def make_app(state: State) -> web.Application:
     api = Api(state)
     # client_max_size one byte over the limit: `_body` answers 413 in its own words.
-    app = web.Application(client_max_size=MAX_BODY + 1, middlewares=[json_errors(state.metrics)])
+    app = web.Application(client_max_size=MAX_BODY + 1, middlewares=[in_flight(state), json_errors(state.metrics)])
     app.router.add_post("/v1/sign", api.sign)
     app.router.add_get("/v1/keys", api.keys)
     app.router.add_get("/healthz", api.healthz)

@@ -112,7 +112,7 @@ class Service:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-            await self._record({"request": "start", "result": "listening",
+            self._record({"request": "start", "result": "listening",
                                 "listen": self.listen.describe(self.port),
                                 "policy": str(self.policy_path),
                                 "keyids": sorted(self.state.keyring.keys)})
@@ -120,16 +120,24 @@ class Service:
                 ready(self)
             await self._stop.wait()
             logger.info("stopping: no new connections; finishing the requests in flight")
-            del site
+            await site.stop()  # stop listening; connections open now go on
+            await self._drain()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await runner.cleanup()  # stops listening, waits for requests in flight
-            await self._record({"request": "stop", "result": "stopped"})
+            self._record({"request": "stop", "result": "stopped"})
             await self.state.audit.drain()
             if self.listen.path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     self.listen.path.unlink()
+
+    async def _drain(self) -> None:
+        """Wait for the requests in flight (a body still arriving included, up to the time a
+        client has to send one) before aiohttp closes the connections."""
+        deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+        while self.state.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
     def stop(self) -> None:
         self._stop.set()
@@ -160,17 +168,17 @@ class Service:
             await self.state.keyring.reload(policy)
         except HsmsignError as e:
             logger.error("policy not reloaded, the old one stays in force: %s", e)
-            await self._record({"request": "reload", "result": "refused", "reason": str(e)})
+            self._record({"request": "reload", "result": "refused", "reason": str(e)})
             return
         self.state.policy = policy
         logger.info("policy reloaded from %s: %d clients, %d keys", self.policy_path,
                     len(policy.clients), len(self.state.keyring.keys))
-        await self._record({"request": "reload", "result": "reloaded",
+        self._record({"request": "reload", "result": "reloaded",
                             "keyids": sorted(self.state.keyring.keys)})
 
-    async def _record(self, entry: dict) -> None:
+    def _record(self, entry: dict) -> None:
         try:
-            await self.state.audit.record(entry)
+            self.state.audit.record(entry)
         except HsmsignError as e:
             logger.error("%s", e)
 
