@@ -55,7 +55,7 @@ class TerminalCeremonyUI:
 
 def _plan_and_ui(plan_file, threshold, tokens, backup_to, allow_network):
     """The plan (the command line winning over the file) and the terminal's UI."""
-    from hsmsign.ceremony_plan import load_plan
+    from hsmsign.ceremony.plan import load_plan
     from hsmsign.errors import HsmsignError
 
     if plan_file is None and (threshold is None or tokens is None):

@@ -10,8 +10,10 @@ edited, removed or reordered afterwards (`ceremony verify-transcript`).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Key, Signature, Signer
@@ -117,3 +119,38 @@ class Transcript:
             lines.append(f"- `{sig['keyid']}`")
         lines.append("")
         return "\n".join(lines)
+
+
+
+def transcript_files(path: Path) -> tuple[Path, Path]:
+    """The signed transcript (JSON) at `path` and its Markdown rendering beside it (`.md`)."""
+    return path, path.with_suffix(".md")
+
+
+def check_transcript_destination(path: Path, repo: Path) -> None:
+    """A `--transcript FILE` the ceremony can write at the end, checked before the first key:
+    a record of an earlier ceremony is never overwritten."""
+    json_file, markdown = transcript_files(path)
+    if json_file == markdown:
+        raise HsmsignError(f"--transcript {path}: give the JSON file's name (its Markdown "
+                           f"rendering is written beside it as {markdown.name})")
+    for f in (json_file, markdown):
+        if os.path.lexists(f):
+            raise HsmsignError(f"{f} already exists (a transcript is never overwritten); "
+                               "choose another --transcript")
+    parent = path.parent.resolve()
+    if parent == repo.resolve() and not repo.exists():
+        return  # the repository the ceremony creates
+    if not parent.is_dir():
+        raise HsmsignError(f"--transcript {path}: {path.parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HsmsignError(f"--transcript {path}: {path.parent} is not writable")
+
+
+def write_transcript(transcript: Transcript, path: Path) -> None:
+    """The signed transcript as JSON at `path`, and its Markdown rendering beside it."""
+    from hsmsign.fsutil import atomic_write
+
+    json_file, markdown = transcript_files(path)
+    atomic_write(json_file, json.dumps(transcript.to_json(), indent=2).encode() + b"\n", mode=0o644)
+    atomic_write(markdown, transcript.to_markdown().encode(), mode=0o644)
