@@ -172,7 +172,7 @@ def main() -> None:
 def library_times(home: Path, run_dir: Path, recipient: str, identity: Path,
                   runs: int) -> dict[str, float]:
     from hsmsign.backup import create_backup, restore_backup, verify_backup
-    from hsmsign.backup_archive import parse_recipient
+    from hsmsign.backup import parse_recipient
     from hsmsign.config import NO_TOKEN
     from hsmsign.keystore.stores import KeyStores
     from hsmsign.secrets import Secrets

@@ -95,7 +95,7 @@ def create(app, outputs, recipients, recipient_files):
     token.
     """
     from hsmsign.backup import create_backup
-    from hsmsign.backup_archive import parse_recipient, read_recipients_file
+    from hsmsign.backup import parse_recipient, read_recipients_file
 
     parsed = [(r, parse_recipient(r, "--recipient")) for r in recipients]
     for f in recipient_files:

@@ -12,14 +12,17 @@ Directories are 0700, files 0600, every write atomic.
 
 from __future__ import annotations
 
+import enum
+import errno
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hsmsign import pkcs8
 from hsmsign.errors import HsmsignError, NotFound
 from hsmsign.config import ensure_home
-from hsmsign.fsutil import atomic_write, ensure_private_dir, fsync_dir
+from hsmsign.fsutil import atomic_write, ensure_private_dir, fsync_dir, read_no_follow
 from hsmsign.keys import (
     KeyRecord,
     algorithm_of,
@@ -36,6 +39,36 @@ if TYPE_CHECKING:
 
 KDF_ITERATIONS = 600_000
 STORE = "file"
+
+
+class KeyFileFault(enum.Enum):
+    """Why a key's files cannot be carried as they are (e.g. into a backup)."""
+
+    LINK = "the key file is a symbolic link"
+    UNREADABLE = "the key file cannot be read"
+    CORRUPT = "the key file is corrupt"
+    CLEAR = "the key file is not encrypted"
+    PUBLIC_UNREADABLE = "the public key file cannot be read"
+    PUBLIC_CORRUPT = "the public key file is corrupt"
+
+
+class KeyFileError(HsmsignError):
+    """A key's files cannot be carried as they are: `fault` says why, `path` which file."""
+
+    def __init__(self, path: Path, fault: KeyFileFault, detail: str = ""):
+        super().__init__(f"{fault.value}: {path}" + (f" ({detail})" if detail else ""))
+        self.path = path
+        self.fault = fault
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    """A key's files as they are on disk (the private one still encrypted), and its record."""
+
+    record: KeyRecord
+    private: bytes
+    public: bytes | None  # None: not written yet (it is, from the private key, on first use)
 
 
 class FileKeyStore:
@@ -86,6 +119,40 @@ class FileKeyStore:
             store=STORE,
             location=str(path),
         )
+
+    def key_files(self, keyid: str) -> KeyFiles:
+        """The bytes of a key's files, each read once (a link refused), and its record from
+        them, without the passphrase: what a backup carries. Never a key in the clear."""
+        path = self.key_path(keyid)
+        try:
+            data = read_no_follow(path)
+        except OSError as e:
+            fault = KeyFileFault.LINK if e.errno == errno.ELOOP else KeyFileFault.UNREADABLE
+            raise KeyFileError(path, fault, e.strerror or "") from None
+        try:
+            block = pkcs8.read_private_key_pem(data)
+        except pkcs8.KeyFormatError as e:
+            raise KeyFileError(path, KeyFileFault.CORRUPT, str(e)) from None
+        if not block.encrypted:  # hsmsign never writes one: planted, or put there by hand
+            raise KeyFileError(path, KeyFileFault.CLEAR)
+        public_path = self.public_dir / f"{keyid}.pub"
+        try:
+            public = public_path.read_bytes()
+        except FileNotFoundError:
+            public = None
+        except OSError as e:
+            raise KeyFileError(public_path, KeyFileFault.PUBLIC_UNREADABLE, e.strerror or "") from None
+        alg = "unknown"
+        if public is not None:
+            try:
+                alg = algorithm_of(load_public_key_pem(public)).name
+            except HsmsignError:
+                raise KeyFileError(public_path, KeyFileFault.PUBLIC_CORRUPT) from None
+        headers = {k.lower(): v for k, v in block.headers.items()}
+        record = KeyRecord(keyid=keyid, role=headers.get("role", "unknown"),
+                           gun=headers.get("gun") or None, algorithm=alg, store=STORE,
+                           location=str(path))
+        return KeyFiles(record, data, public)
 
     def public_key(self, keyid: str):
         try:

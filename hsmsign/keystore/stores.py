@@ -87,8 +87,10 @@ class KeyStores:
 
     # -- listing and lookup ------------------------------------------------------------
 
-    def list_keys(self) -> Listing:
-        listing = Listing(keys=list(self.files.list_keys()))
+    def list_keys(self, *, files: bool = True) -> Listing:
+        """Every key of every store, and warnings for stores that could not be read; without
+        `files`, the hardware stores' only (a backup has just read the key files itself)."""
+        listing = Listing(keys=list(self.files.list_keys()) if files else [])
         try:
             if self.token_config.explicit or self.token_config.candidate_modules():
                 if self.token.is_present():
