@@ -80,15 +80,25 @@ class Secrets:
 
     def passphrase(self, role: str, *, purpose: str = "") -> str:
         """The passphrase of an existing key of `role`."""
+        return self._role_passphrase(
+            role, lambda kind, variables: self._ask(
+                f"Enter passphrase for {purpose or kind + ' key'}: ", variables=variables),
+            note_source=True)
+
+    def _role_passphrase(self, role: str, ask: Callable[[str, list[str]], str], *,
+                         note_source: bool = False) -> str:
+        """The passphrase remembered for `role`'s kind, else its variables', else
+        `ask(kind, variables)`; remembered. `note_source`: where it came from is kept, for
+        what `unlock` says when it turns out wrong."""
         kind = role_kind(role)
         if kind in self._passphrases:
             return self._passphrases[kind]
         variables = passphrase_variables(role)
         value = self._from_env(variables)
-        self._sources[kind] = self._env_name(variables) or "prompt"
+        if note_source:
+            self._sources[kind] = self._env_name(variables) or "prompt"
         if value is None:
-            value = self._ask(f"Enter passphrase for {purpose or kind + ' key'}: ",
-                              variables=variables)
+            value = ask(kind, variables)
         self._passphrases[kind] = value
         return value
 
@@ -129,17 +139,9 @@ class Secrets:
 
     def new_passphrase(self, role: str, *, purpose: str = "") -> str:
         """A passphrase to protect a new key of `role` (asked twice at a prompt)."""
-        kind = role_kind(role)
-        if kind in self._passphrases:
-            return self._passphrases[kind]
-        variables = passphrase_variables(role)
-        value = self._from_env(variables)
-        if value is None:
-            value = self._ask_new(
-                f"Enter passphrase for new {purpose or kind + ' key'}: ", variables
-            )
-        self._passphrases[kind] = value
-        return value
+        return self._role_passphrase(
+            role, lambda kind, variables: self._ask_new(
+                f"Enter passphrase for new {purpose or kind + ' key'}: ", variables))
 
     def forget_passphrase(self, role: str) -> None:
         """Drop a remembered passphrase (it turned out to be wrong)."""

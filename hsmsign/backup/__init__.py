@@ -40,11 +40,9 @@ from hsmsign.backup.restore import (
 )
 from hsmsign.backup.verify import VerifyResult, verify_backup
 
-__all__ = [
-    "ArchiveCopy", "ArchiveError", "CreateResult", "Encryption", "Manifest", "ManifestFile",
-    "ManifestKey", "Opened", "Progress", "RestoreConflict", "RestoreEntry", "RestoreResult",
-    "VerifyResult", "archive_name", "backup_file_keys", "collect", "create_backup",
-    "open_archive", "parse_manifest", "parse_recipient", "read_identity_file",
-    "read_recipients_file", "resolve_destinations", "restore_backup", "same_disk_warnings",
-    "verify_backup",
-]
+__all__ = ["ArchiveCopy", "ArchiveError", "CreateResult", "Encryption", "Manifest", "ManifestFile",
+           "ManifestKey", "Opened", "Progress", "RestoreConflict", "RestoreEntry", "RestoreResult",
+           "VerifyResult", "archive_name", "backup_file_keys", "collect", "create_backup",
+           "open_archive", "parse_manifest", "parse_recipient", "read_identity_file",
+           "read_recipients_file", "resolve_destinations", "restore_backup", "same_disk_warnings",
+           "verify_backup"]

@@ -28,9 +28,8 @@ from hsmsign.ceremony.transcript import (
 from hsmsign.ceremony.ui import CeremonyAborted, CeremonyUI
 from hsmsign.ceremony.verification import ATTESTATIONS, signed_sha256, verify_transcript
 
-__all__ = [
-    "ATTESTATIONS", "Ceremony", "CeremonyAborted", "CeremonyUI", "Custodian", "CustodianToken",
-    "Plan", "RootCeremony", "RootRotation", "Transcript", "check_destination", "library_versions",
-    "load_plan", "network_interfaces_up", "require_offline", "signed_sha256", "verify_transcript",
-    "write_transcript", "check_transcript_destination", "transcript_files",
-]
+__all__ = ["ATTESTATIONS", "Ceremony", "CeremonyAborted", "CeremonyUI", "Custodian",
+           "CustodianToken", "Plan", "RootCeremony", "RootRotation", "Transcript",
+           "check_destination", "check_transcript_destination", "library_versions", "load_plan",
+           "network_interfaces_up", "require_offline", "signed_sha256", "transcript_files",
+           "verify_transcript", "write_transcript"]

@@ -103,12 +103,19 @@ def load_pkcs8(der: bytes, *, decrypted: bool) -> PrivateKeyTypes:
         ).dump()
     except Exception:  # noqa: BLE001
         raise KeyFormatError(f"corrupt {what} private key in PKCS#8") from None
+    return load_der(normalised, unsupported=f"unsupported {what} private key",
+                    corrupt=f"corrupt {what} private key in PKCS#8")
+
+
+def load_der(der: bytes, *, unsupported: str, corrupt: str) -> PrivateKeyTypes:
+    """Unencrypted DER as cryptography reads it, a key TUF can use; else a KeyFormatError
+    with the `unsupported` or `corrupt` message."""
     try:
-        key = serialization.load_der_private_key(normalised, password=None)
+        key = serialization.load_der_private_key(der, password=None)
     except UnsupportedAlgorithm:
-        raise KeyFormatError(f"unsupported {what} private key") from None
+        raise KeyFormatError(unsupported) from None
     except (ValueError, TypeError):
-        raise KeyFormatError(f"corrupt {what} private key in PKCS#8") from None
+        raise KeyFormatError(corrupt) from None
     check_supported(key)
     return key
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from hsmsign.pkcs8.errors import KeyFormatError, PassphraseRequired, WrongPassphrase
-from hsmsign.pkcs8.keyinfo import OneAsymmetricKey, check_supported, load_pkcs8
+from hsmsign.pkcs8.keyinfo import OneAsymmetricKey, check_supported, load_der, load_pkcs8
 from hsmsign.pkcs8.pbes2 import pbes2_decrypt
 from hsmsign.pkcs8.pem import (
     LABEL_ENCRYPTED_PKCS8,
@@ -102,14 +102,8 @@ def _looks_like_pkcs8(der: bytes) -> bool:
 
 def _load_traditional_der(der: bytes, what: str) -> PrivateKeyTypes:
     """Unencrypted SEC1 / PKCS#1 DER, handed to cryptography."""
-    try:
-        key = serialization.load_der_private_key(der, password=None)
-    except UnsupportedAlgorithm:
-        raise KeyFormatError(f"unsupported key in {what} data") from None
-    except (ValueError, TypeError):
-        raise KeyFormatError(f"corrupt or truncated {what} private key") from None
-    check_supported(key)
-    return key
+    return load_der(der, unsupported=f"unsupported key in {what} data",
+                    corrupt=f"corrupt or truncated {what} private key")
 
 
 def _load_legacy_encrypted(block: PemBlock, passphrase: bytes) -> PrivateKeyTypes:

@@ -29,9 +29,8 @@ from hsmsign.keystore.yubikey.record import RECORD_FILE
 from hsmsign.keystore.yubikey.slots import DEFAULT_SLOT, SLOT_NAMES, STORE, SlotInfo
 from hsmsign.keystore.yubikey.store import YubiKeyInfo, YubiKeyStore
 
-__all__ = [
-    "DEFAULT_SLOT", "FACTORY_PIN", "FACTORY_PUK", "MANAGEMENT_KEY_VARIABLE", "NEW_PIN_VARIABLE",
-    "NEW_PUK_VARIABLE", "PIN_POLICY_CHOICES", "PUK_VARIABLE", "RECORD_FILE", "SERIAL_VARIABLE",
-    "SLOT_NAMES", "STORE", "TOUCH_CHOICES", "SlotInfo", "YubiKeyDevice", "YubiKeyError",
-    "YubiKeyInfo", "YubiKeyOptions", "YubiKeyStore", "defaults_warning", "parse_serial",
-]
+__all__ = ["DEFAULT_SLOT", "FACTORY_PIN", "FACTORY_PUK", "MANAGEMENT_KEY_VARIABLE",
+           "NEW_PIN_VARIABLE", "NEW_PUK_VARIABLE", "PIN_POLICY_CHOICES", "PUK_VARIABLE",
+           "RECORD_FILE", "SERIAL_VARIABLE", "SLOT_NAMES", "STORE", "SlotInfo", "TOUCH_CHOICES",
+           "YubiKeyDevice", "YubiKeyError", "YubiKeyInfo", "YubiKeyOptions", "YubiKeyStore",
+           "defaults_warning", "parse_serial"]

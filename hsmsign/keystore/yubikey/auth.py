@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hsmsign.errors import HsmsignError
 from hsmsign.keystore.pcsc import YubiKeyError
 from hsmsign.keystore.pkcs11 import PinPolicyError
 from hsmsign.keystore.yubikey.device import Found
@@ -70,6 +71,16 @@ def tries_left(remaining: int, what: str) -> str:
     return f"{remaining} tries left"
 
 
+def refuse_risky_try(tries: int | None, *, force: bool, blocked: HsmsignError,
+                     one_left: str) -> None:
+    """Before a PIN or PUK is tried: never when it is blocked (`blocked` says what to do), and
+    with one try left only when forced, since a wrong value would block it."""
+    if tries == 0:
+        raise blocked
+    if tries == 1 and not force:
+        raise PinPolicyError(one_left)
+
+
 def pin_name(found: Found) -> str:
     """The name a YubiKey's PIN is asked for and remembered under."""
     return f"YubiKey {found.serial}"
@@ -99,14 +110,13 @@ class Authenticator:
 
     def check_pin_tries(self, piv, found: Found) -> None:
         """Refuse before a VERIFY that could block the PIN; spends no try."""
-        tries = piv.get_pin_attempts()
-        if tries == 0:
-            raise PinPolicyError(f"the PIN of YubiKey {found.serial} is blocked; unblock it with "
-                                 "the PUK (`ykman piv access unblock-pin`) or reset the PIV "
-                                 "application (`hsmsign token reset`)")
-        if tries == 1 and not self.force:
-            raise PinPolicyError(f"YubiKey {found.serial} has one PIN try left and a wrong PIN "
-                                 "would block it; re-run with --force if you are sure of the PIN")
+        refuse_risky_try(
+            piv.get_pin_attempts(), force=self.force,
+            blocked=PinPolicyError(f"the PIN of YubiKey {found.serial} is blocked; unblock it "
+                                   "with the PUK (`ykman piv access unblock-pin`) or reset the "
+                                   "PIV application (`hsmsign token reset`)"),
+            one_left=f"YubiKey {found.serial} has one PIN try left and a wrong PIN would block "
+                     "it; re-run with --force if you are sure of the PIN")
 
     def verify_pin(self, piv, found: Found) -> str:
         from yubikit.core import InvalidPinError

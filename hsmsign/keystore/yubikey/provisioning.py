@@ -11,8 +11,13 @@ import os
 from typing import TYPE_CHECKING
 
 from hsmsign.keystore.pcsc import YubiKeyError
-from hsmsign.keystore.pkcs11 import PinPolicyError
-from hsmsign.keystore.yubikey.auth import FACTORY_PIN, FACTORY_PUK, pin_name, tries_left
+from hsmsign.keystore.yubikey.auth import (
+    FACTORY_PIN,
+    FACTORY_PUK,
+    pin_name,
+    refuse_risky_try,
+    tries_left,
+)
 from hsmsign.keystore.yubikey.device import transport_errors
 
 if TYPE_CHECKING:
@@ -52,13 +57,13 @@ def setup(store: YubiKeyStore) -> list[str]:
             puk_tries = piv.get_puk_metadata().attempts_remaining
         except NotSupportedError:
             puk_tries = 0 if get_pivman_data(piv).puk_blocked else None
-        if puk_tries == 0:
-            raise YubiKeyError(f"the PUK of YubiKey {found.serial} is blocked; nothing was "
-                               "changed (the PIN can still be changed with `ykman piv access "
-                               "change-pin`)")
-        if puk_tries == 1 and not auth.force:
-            raise PinPolicyError(f"YubiKey {found.serial} has one PUK try left; re-run with "
-                                 "--force if you are sure of the PUK; nothing was changed")
+        refuse_risky_try(
+            puk_tries, force=auth.force,
+            blocked=YubiKeyError(f"the PUK of YubiKey {found.serial} is blocked; nothing was "
+                                 "changed (the PIN can still be changed with `ykman piv access "
+                                 "change-pin`)"),
+            one_left=f"YubiKey {found.serial} has one PUK try left; re-run with --force if you "
+                     "are sure of the PUK; nothing was changed")
         old_puk = secrets.device_secret(
             PUK_VARIABLE, f"Enter the current PUK of YubiKey {found.serial} (factory default "
             f"{FACTORY_PUK}): ", what="PUK")
