@@ -4,6 +4,7 @@ Private keys are generated or imported as token objects that are private, sensit
 extractable; `CKA_LABEL` is the role, `CKA_ID` a random 16-byte identifier fixed at creation.
 The TUF key ID is computed from the public key object, so listing needs no PIN.
 
+Finding modules and tokens is in `pkcs11_tokens`, converting key material in `pkcs11_objects`.
 One session and one login per process (PKCS#11 login state belongs to the application), reused
 for every key and signature.
 """
@@ -21,216 +22,35 @@ from typing import TYPE_CHECKING, Any
 from hsmsign.config import TokenConfig
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import Algorithm, KeyRecord, algorithm_of, key_id
+from hsmsign.keystore.pkcs11_objects import (
+    EC_HASH,
+    ED25519_OID_DER,
+    der_ecdsa_signature,
+    public_key_from_object,
+    token_attributes,
+)
+from hsmsign.keystore.pkcs11_tokens import (  # list_tokens, remote_address: importable from here
+    PinPolicyError,
+    TokenError,
+    is_gone,
+    list_tokens,
+    load_module,
+    module_place,
+    pin_refusal,
+    pin_tries_hint,
+    present_slots,
+    remote_address,
+    token_gone,
+    token_text,
+)
 from hsmsign.keystore.scanned import ScannedStore
 from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.types import (
-        PrivateKeyTypes,
-        PublicKeyTypes,
-    )
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 STORE = "token"
-ED25519_OID_DER = bytes.fromhex("06032b6570")
 CKA_ID_LENGTH = 16
-
-
-class TokenError(HsmsignError):
-    """The module or token cannot be used as configured."""
-
-
-class PinPolicyError(HsmsignError):
-    """hsmsign refused to spend a PIN try."""
-
-
-def _load_module(path: str):
-    import pkcs11
-
-    if not os.path.exists(path):
-        raise TokenError(
-            f"PKCS#11 module {path} does not exist; set HSMSIGN_PKCS11_MODULE to the path of "
-            "your token's module (e.g. /usr/lib/softhsm/libsofthsm2.so)"
-        )
-    try:
-        return pkcs11.lib(path)
-    except pkcs11.PKCS11Error as e:
-        reason = str(e).rsplit(": ", 1)[-1]
-        raise TokenError(
-            f"{path} is not a usable PKCS#11 module ({reason}); set HSMSIGN_PKCS11_MODULE to "
-            "your token's module"
-        ) from None
-
-
-P11_KIT_CLIENT = "p11-kit-client.so"
-
-
-def remote_address(module: str) -> str | None:
-    """The server a PKCS#11 remoting module talks to, or None for a local module.
-
-    p11-kit's client module forwards every call to a `p11-kit server` (a network HSM's token
-    exported over a Unix socket, often forwarded over SSH); without P11_KIT_SERVER_ADDRESS it
-    uses p11-kit's default socket, $XDG_RUNTIME_DIR/p11-kit/pkcs11.
-    """
-    if os.path.basename(module) != P11_KIT_CLIENT:
-        return None
-    default = f"unix:path={os.environ.get('XDG_RUNTIME_DIR', '/run/user/' + str(os.getuid()))}/p11-kit/pkcs11"
-    return os.environ.get("P11_KIT_SERVER_ADDRESS") or default
-
-
-def module_place(module: str) -> str:
-    """Where a module's tokens are, for messages: the module, and the server for a remote one."""
-    address = remote_address(module)
-    return module if address is None else f"{module} (p11-kit server {address})"
-
-
-def _present_slots(lib, module: str) -> list:
-    """Slots with a token; a module that cannot enumerate them (e.g. no pcscd) is an error."""
-    import pkcs11
-
-    try:
-        slots = list(lib.get_slots(token_present=True))
-        return [slot for slot in slots if _answers(slot)]
-    except pkcs11.PKCS11Error as e:
-        address = remote_address(module)
-        if address is not None:
-            raise TokenError(
-                f"cannot reach the p11-kit server {address} through {module} "
-                f"({type(e).__name__}); is the server running and its socket forwarded here?"
-            ) from None
-        raise TokenError(
-            f"PKCS#11 module {module} cannot list its slots ({type(e).__name__}); is the "
-            "reader service (pcscd) running and the device plugged in?"
-        ) from None
-
-
-def _answers(slot) -> bool:
-    """A slot whose token can be read (one being removed right now cannot)."""
-    try:
-        slot.get_token()
-        return True
-    except Exception as e:  # noqa: BLE001
-        if _is_gone(e):
-            return False
-        raise
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return str(value).strip().rstrip("\x00").strip()
-
-
-_GONE = ("DeviceRemoved", "TokenNotPresent", "DeviceError", "GeneralError",
-         "SessionHandleInvalid", "SessionClosed", "ObjectHandleInvalid", "SlotIDInvalid")
-
-
-def _token_gone(error: Exception, doing: str, module: str | None = None) -> TokenError:
-    """The error for a token that vanished (unplugged, module restarted, a network HSM's
-    server gone) while in use."""
-    address = remote_address(module) if module else None
-    if address is not None:
-        return TokenError(f"the p11-kit server {address} stopped answering while {doing} "
-                          f"({type(error).__name__}); nothing was written: check that the "
-                          "server runs and is reachable, then run the command again")
-    return TokenError(f"the token stopped answering while {doing} ({type(error).__name__}: "
-                      "was it removed?); plug it in and run the command again")
-
-
-def _is_gone(error: Exception) -> bool:
-    return type(error).__name__ in _GONE
-
-
-def flag_names(flags: int) -> list[str]:
-    from pkcs11 import TokenFlag
-
-    return [f.name for f in TokenFlag if f.value and flags & f.value == f.value]
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    module: str
-    slot: int
-    label: str
-    serial: str
-    manufacturer: str
-    model: str
-    flags: list[str]
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-
-def list_tokens(config: TokenConfig) -> list[TokenInfo]:
-    """Every token present in the configured module, or in every well-known module."""
-    found = []
-    for module in config.candidate_modules():
-        try:
-            lib = _load_module(module)
-            slots = _present_slots(lib, module)
-        except TokenError:
-            if config.module:
-                raise
-            continue
-        for slot in slots:
-            token = slot.get_token()
-            found.append(TokenInfo(
-                module=module,
-                slot=slot.slot_id,
-                label=_text(token.label),
-                serial=_text(token.serial),
-                manufacturer=_text(token.manufacturer_id),
-                model=_text(token.model),
-                flags=flag_names(int(token.flags)),
-            ))
-    return found
-
-
-def pin_refusal(flags: int, token: str, force: bool) -> str | None:
-    """Why a login must not be tried now, or None. The token's own flags decide."""
-    from pkcs11 import TokenFlag
-
-    if flags & TokenFlag.USER_PIN_LOCKED:
-        return (f"the user PIN of token {token} is locked; unblock it with the SO PIN "
-                "(e.g. `pkcs11-tool --init-pin --login --login-type so`) before using it")
-    if flags & TokenFlag.USER_PIN_FINAL_TRY and not force:
-        return (f"token {token} has one PIN try left and a wrong PIN would lock it; "
-                "re-run with --force if you are sure of the PIN")
-    return None
-
-
-def pin_tries_hint(flags: int) -> str:
-    from pkcs11 import TokenFlag
-
-    if flags & TokenFlag.USER_PIN_LOCKED:
-        return "the PIN is now locked; unblock it with the SO PIN"
-    if flags & TokenFlag.USER_PIN_FINAL_TRY:
-        return "one try is left before the PIN locks"
-    if flags & TokenFlag.USER_PIN_COUNT_LOW:
-        return "the token reports few tries left"
-    return "check HSMSIGN_PIN or type it again"
-
-
-def public_key_from_object(obj) -> PublicKeyTypes:
-    """A cryptography public key from a PKCS#11 public key object."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-    from cryptography.hazmat.primitives.serialization import load_der_public_key
-    from pkcs11 import Attribute, KeyType
-
-    key_type = obj.key_type
-    if key_type == KeyType.RSA:
-        n = int.from_bytes(obj[Attribute.MODULUS], "big")
-        e = int.from_bytes(obj[Attribute.PUBLIC_EXPONENT], "big")
-        return rsa.RSAPublicNumbers(e, n).public_key()
-    if key_type == KeyType.EC:
-        from pkcs11.util.ec import encode_ec_public_key
-
-        return load_der_public_key(encode_ec_public_key(obj))
-    if key_type == KeyType.EC_EDWARDS:
-        point = bytes(obj[Attribute.EC_POINT])
-        if len(point) == 34 and point[:2] == b"\x04\x20":  # DER OCTET STRING around the key
-            point = point[2:]
-        return ed25519.Ed25519PublicKey.from_public_bytes(point)
-    raise HsmsignError(f"unsupported key type {key_type} on token")
 
 
 def _guarded(doing: str):
@@ -278,14 +98,14 @@ class Pkcs11KeyStore(ScannedStore):
             return self._slot
         for module in self.config.candidate_modules():
             try:
-                lib = _load_module(module)
-                slots = [s for s in _present_slots(lib, module) if self._matches(s.get_token())]
+                lib = load_module(module)
+                slots = [s for s in present_slots(lib, module) if self._matches(s.get_token())]
             except TokenError:
                 if self.config.module:
                     raise
                 continue
             if len(slots) > 1:
-                labels = ", ".join(_text(s.get_token().label) for s in slots)
+                labels = ", ".join(token_text(s.get_token().label) for s in slots)
                 raise TokenError(
                     f"several tokens present ({labels}); choose one with HSMSIGN_TOKEN_LABEL "
                     "or HSMSIGN_TOKEN_SERIAL"
@@ -310,9 +130,9 @@ class Pkcs11KeyStore(ScannedStore):
         from pkcs11 import TokenFlag
 
         if self.config.label is not None:
-            return _text(token.label) == self.config.label
+            return token_text(token.label) == self.config.label
         if self.config.serial is not None:
-            return _text(token.serial) == self.config.serial
+            return token_text(token.serial) == self.config.serial
         return bool(int(token.flags) & TokenFlag.TOKEN_INITIALIZED)
 
     def require_present(self) -> None:
@@ -336,14 +156,14 @@ class Pkcs11KeyStore(ScannedStore):
         try:
             return slot.get_token()
         except Exception as e:
-            if _is_gone(e):
-                raise _token_gone(e, "reading the token", self._module) from None
+            if is_gone(e):
+                raise token_gone(e, "reading the token", self._module) from None
             raise
 
     @property
     def token_name(self) -> str:
         token = self._token()
-        return f"{_text(token.label)} (serial {_text(token.serial)})"
+        return f"{token_text(token.label)} (serial {token_text(token.serial)})"
 
     @property
     def module(self) -> str:
@@ -368,12 +188,12 @@ class Pkcs11KeyStore(ScannedStore):
         except HsmsignError:
             raise
         except Exception as e:
-            if not _is_gone(e):
+            if not is_gone(e):
                 raise
             self._session = None
             self._logged_in = False
             self._signing_functions.clear()
-            raise _token_gone(e, doing, self._module) from None
+            raise token_gone(e, doing, self._module) from None
 
     @staticmethod
     def _rw(token) -> bool:
@@ -388,7 +208,7 @@ class Pkcs11KeyStore(ScannedStore):
         if self._logged_in:
             return self._session
         token = self._token()
-        name = _text(token.label)
+        name = token_text(token.label)
         refusal = pin_refusal(int(token.flags), name, self.force)
         if refusal:
             raise PinPolicyError(refusal)
@@ -437,7 +257,7 @@ class Pkcs11KeyStore(ScannedStore):
             store.reset()
         for module in self.config.candidate_modules():
             try:
-                _load_module(module).reinitialize()
+                load_module(module).reinitialize()
             except TokenError:
                 continue
 
@@ -446,7 +266,7 @@ class Pkcs11KeyStore(ScannedStore):
             try:
                 self._session.close()
             except Exception as e:  # a session that died with its token or server: gone anyway
-                if not _is_gone(e):
+                if not is_gone(e):
                     raise
             finally:
                 self._session = None
@@ -472,7 +292,7 @@ class Pkcs11KeyStore(ScannedStore):
                     continue  # a key TUF cannot use (another application's): not ours to list
                 keyid = key_id(public_key)
                 keys[keyid] = _TokenKey(
-                    record=KeyRecord(keyid=keyid, role=_text(obj.label) or "unknown", gun=None,
+                    record=KeyRecord(keyid=keyid, role=token_text(obj.label) or "unknown", gun=None,
                                      algorithm=alg.name, store=STORE, location=location),
                     cka_id=bytes(obj[Attribute.ID]),
                     public_key=public_key,
@@ -551,7 +371,7 @@ class Pkcs11KeyStore(ScannedStore):
         session = self._login()
         cka_id = os.urandom(CKA_ID_LENGTH)
         public, private = self._templates(role, cka_id)
-        key_type, public_values, private_values = _token_attributes(key)
+        key_type, public_values, private_values = token_attributes(key)
         public.update({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: key_type,
                        **public_values})
         private.update({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: key_type,
@@ -584,10 +404,10 @@ class Pkcs11KeyStore(ScannedStore):
                 sign = self._signing_functions[keyid] = self._signing_function(keyid)
             return sign(payload)
         except Exception as e:
-            if not _is_gone(e):
+            if not is_gone(e):
                 raise
             self._signing_functions.pop(keyid, None)
-            raise _token_gone(e, f"signing with key {keyid[:7]}", self._module) from None
+            raise token_gone(e, f"signing with key {keyid[:7]}", self._module) from None
 
     def _signing_function(self, keyid: str):
         """payload -> signature for one key, with everything but the token call done once."""
@@ -598,11 +418,11 @@ class Pkcs11KeyStore(ScannedStore):
         alg = token_key.algorithm
         if alg.keytype == "ecdsa":
             # SoftHSM 2.6 has no CKM_ECDSA_SHA256: hash here, sign the digest, DER-encode r||s.
-            new_hash = getattr(hashlib, _EC_HASH[alg.curve])
+            new_hash = getattr(hashlib, EC_HASH[alg.curve])
             ecdsa = Mechanism.ECDSA
 
             def sign_ecdsa(payload: bytes) -> bytes:
-                return _der_ecdsa_signature(private.sign(new_hash(payload).digest(), mechanism=ecdsa))
+                return der_ecdsa_signature(private.sign(new_hash(payload).digest(), mechanism=ecdsa))
             return sign_ecdsa
         if alg.keytype == "ed25519":
             return lambda payload: private.sign(payload, mechanism=Mechanism.EDDSA)
@@ -614,78 +434,5 @@ class Pkcs11KeyStore(ScannedStore):
         raise HsmsignError(f"cannot sign with {alg.name} keys")  # pragma: no cover
 
 
-_EC_HASH = {"secp256r1": "sha256", "secp384r1": "sha384", "secp521r1": "sha512"}
-
-
-def _der_ecdsa_signature(raw: bytes) -> bytes:
-    """DER `SEQUENCE { r INTEGER, s INTEGER }` of a PKCS#11 raw r || s ECDSA signature.
-
-    The same bytes as cryptography's `encode_dss_signature`, without the round trip through
-    Python ints and Rust: a few microseconds per signature, ~3% of a SoftHSM P-256 signature
-    (bench/bench_pkcs11_sign.py).
-    """
-    half = len(raw) // 2
-    r = raw[:half].lstrip(b"\x00") or b"\x00"
-    s = raw[half:].lstrip(b"\x00") or b"\x00"
-    if r[0] & 0x80:
-        r = b"\x00" + r
-    if s[0] & 0x80:
-        s = b"\x00" + s
-    body = b"\x02" + _der_length(len(r)) + r + b"\x02" + _der_length(len(s)) + s
-    return b"\x30" + _der_length(len(body)) + body
-
-
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes((length,))
-    size = (length.bit_length() + 7) // 8
-    return bytes((0x80 | size,)) + length.to_bytes(size, "big")
-
-
-def _token_attributes(key) -> tuple[Any, dict, dict]:
-    """PKCS#11 key type, public and private attributes for a software private key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-    from pkcs11 import Attribute, KeyType
-    from pkcs11.util.ec import encode_named_curve_parameters
-
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        size = (key.curve.key_size + 7) // 8
-        point = key.public_key().public_bytes(serialization.Encoding.X962,
-                                              serialization.PublicFormat.UncompressedPoint)
-        params = encode_named_curve_parameters(key.curve.name)
-        return (KeyType.EC,
-                {Attribute.EC_PARAMS: params, Attribute.EC_POINT: _der_octet_string(point)},
-                {Attribute.EC_PARAMS: params,
-                 Attribute.VALUE: key.private_numbers().private_value.to_bytes(size, "big")})
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        raw_public = key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                   serialization.PublicFormat.Raw)
-        seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                 serialization.NoEncryption())
-        return (KeyType.EC_EDWARDS,
-                {Attribute.EC_PARAMS: ED25519_OID_DER,
-                 Attribute.EC_POINT: _der_octet_string(raw_public)},
-                {Attribute.EC_PARAMS: ED25519_OID_DER, Attribute.VALUE: seed})
-    if isinstance(key, rsa.RSAPrivateKey):
-        n = key.private_numbers()
-        big = _big_endian
-        return (KeyType.RSA,
-                {Attribute.MODULUS: big(n.public_numbers.n),
-                 Attribute.PUBLIC_EXPONENT: big(n.public_numbers.e)},
-                {Attribute.MODULUS: big(n.public_numbers.n),
-                 Attribute.PUBLIC_EXPONENT: big(n.public_numbers.e),
-                 Attribute.PRIVATE_EXPONENT: big(n.d), Attribute.PRIME_1: big(n.p),
-                 Attribute.PRIME_2: big(n.q), Attribute.EXPONENT_1: big(n.dmp1),
-                 Attribute.EXPONENT_2: big(n.dmq1), Attribute.COEFFICIENT: big(n.iqmp)})
-    raise HsmsignError(f"cannot put a {type(key).__name__} on a token")
-
-
-def _big_endian(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
-
-
-def _der_octet_string(value: bytes) -> bytes:
-    from asn1crypto.core import OctetString
-
-    return OctetString(value).dump()
+__all__ = ["CKA_ID_LENGTH", "STORE", "PinPolicyError", "Pkcs11KeyStore", "TokenError",
+           "list_tokens", "pin_refusal", "remote_address"]
