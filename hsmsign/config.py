@@ -67,7 +67,7 @@ YUBIKEYS_ONLY = TokenConfig(pkcs11=False)
 
 
 # What hsmsign keeps in a home; a directory holding anything else is not one of its homes.
-HOME_ENTRIES = {"private", "public", "config.toml", "yubikeys.json", "audit.jsonl"}
+HOME_ENTRIES = {"private", "public", "config.toml", "yubikeys.json", "audit.jsonl", "kms.json"}
 # What a crash may leave: a restore's staging directory, an atomic write's temp file.
 _HOME_LEFTOVER = re.compile(r"^\.(hsmsign-.*|(config\.toml|yubikeys\.json)\..*\.tmp)$")
 

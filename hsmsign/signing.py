@@ -102,6 +102,8 @@ def signer_for(stores: KeyStores, keyid: str, public_key: Key | None = None) -> 
         # Else every signature would fail to verify against the key the caller will check with.
         raise HsmsignError(f"the public key given for {keyid} is not that key's public key "
                            "(its key ID matches, its key material does not)")
+    if record.store == "kms":
+        return stores.kms.signer(keyid, public_key)
     if record.store == "yubikey":
         return YubiKeySigner(stores.yubikey, keyid, public_key)
     if record.store == "token":

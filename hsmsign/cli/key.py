@@ -60,9 +60,12 @@ def key():
 @click.option("--gun", help="Globally unique name of the repository (DCT), e.g. docker.io/org/app.")
 @click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM,
               show_default=True)
-@click.option("--store", type=click.Choice(["auto", "file", "token", "yubikey"]), default="auto",
-              show_default=True,
-              help="auto: root on a YubiKey or token when one is present, else a file.")
+@click.option("--store", type=click.Choice(["auto", "file", "token", "yubikey", "kms"]),
+              default="auto", show_default=True,
+              help="auto: root on a YubiKey or token when one is present, else a file; kms: a "
+                   "cloud KMS (--kms).")
+@click.option("--kms", "kms_provider", type=click.Choice(["aws"]),
+              help="The cloud KMS that makes a --store kms key [default: aws].")
 @click.option("--slot", type=click.Choice(YUBIKEY_SLOTS), help="YubiKey PIV slot [default: 9c].")
 @click.option("--touch", type=click.Choice(["always", "cached", "never"]),
               help="YubiKey touch policy [default: always].")
@@ -74,7 +77,8 @@ def key():
 @click.option("--serial", help="The YubiKey to use when several are plugged in.")
 @common_options
 @pass_app
-def generate(app, role, gun, algorithm, store, slot, touch, pin_policy, import_from_file, serial):
+def generate(app, role, gun, algorithm, store, kms_provider, slot, touch, pin_policy,
+             import_from_file, serial):
     """Generate a new key for ROLE (root, targets, snapshot, timestamp or a delegation)."""
     from hsmsign.keys import algorithm as find_algorithm
     from hsmsign.keys import normalize_role
@@ -90,8 +94,13 @@ def generate(app, role, gun, algorithm, store, slot, touch, pin_policy, import_f
     if import_from_file:
         record, why = _import_from_file(app, role, import_from_file, store, options)
     else:
+        kms = None
+        if kms_provider or store == "kms":
+            from hsmsign.keystore.kms import KmsOptions
+
+            kms = KmsOptions(provider=kms_provider or "aws")
         record, why = app.stores.generate(role, gun, find_algorithm(algorithm), store,
-                                          yubikey=options)
+                                          yubikey=options, kms=kms)
     made = "Imported" if import_from_file else "Generated"
     app.note(f"{made} {record.algorithm} {role} key {record.keyid}")
     app.note(f"  stored in {record.store} {record.location}")
@@ -177,23 +186,55 @@ def export(app, keyid, output, private, format_):
         sys.stdout.buffer.write(data)
 
 
-@key.command()
-@click.argument("keyid")
+@key.command("add-uri")
+@click.argument("uri")
+@click.option("--role", required=True, help="The role the key signs for.")
+@click.option("--gun", help="Globally unique name of the repository (DCT).")
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False, exists=True,
+                                                            path_type=Path),
+              help="The key's public key PEM, when it is not to be fetched from the service.")
 @common_options
 @pass_app
-def remove(app, keyid):
-    """Remove a key from every store that holds it (asks first; --force does not ask)."""
+def add_uri(app, uri, role, gun, public_key):
+    """Register a cloud KMS key by its URI (awskms:, gcpkms:, azurekms:, hv:)."""
+    from hsmsign.keys import normalize_role
+
+    role = normalize_role(role)
+    pem = public_key.read_bytes() if public_key is not None else None
+    record = app.stores.kms.add_uri(uri, role, gun, pem)
+    app.note(f"Registered {record.algorithm} {role} key {record.keyid}")
+    app.note(f"  stored in kms {record.location}")
+    if app.json:
+        app.emit_json(record.to_json())
+    else:
+        click.echo(record.keyid)
+
+
+@key.command()
+@click.argument("keyid")
+@click.option("--schedule-deletion", "deletion_days", type=int, metavar="DAYS",
+              help="Also schedule the AWS KMS key's deletion after DAYS (7 to 30) days.")
+@common_options
+@pass_app
+def remove(app, keyid, deletion_days):
+    """Remove a key from every store that holds it (asks first; --force does not ask). A KMS
+    key's record is forgotten; the key itself stays in the KMS unless --schedule-deletion."""
     from hsmsign.errors import HsmsignError
 
     stores = app.stores
     keyid = stores.resolve(keyid)
     records = stores.locate(keyid)
+    if deletion_days is not None and "kms" not in [r.store for r in records]:
+        raise HsmsignError(f"--schedule-deletion applies to KMS keys; key {keyid} is not one")
     where = ", ".join(f"{r.store} {r.location}" for r in records)
     if not app.force:
         if not sys.stdin.isatty():
             raise HsmsignError(f"removing {keyid} cannot be undone; re-run with --force to confirm")
         click.confirm(f"Remove {records[0].role} key {keyid} from {where}? This cannot be undone",
                       abort=True, err=True)
+    if deletion_days is not None:
+        stores.kms.schedule_deletion(keyid, deletion_days)  # first: a failure changes nothing
+        app.note(f"Scheduled the deletion of {stores.kms.uri(keyid)} in {deletion_days} days")
     removed = stores.remove(keyid)
     if app.json:
         app.emit_json([r.to_json() for r in removed])

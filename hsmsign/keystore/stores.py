@@ -14,11 +14,12 @@ from hsmsign.config import TokenConfig
 from hsmsign.errors import HsmsignError, NotFound
 from hsmsign.keys import KEYID_PREFIX_MIN, Algorithm, KeyRecord, generate_private_key
 from hsmsign.keystore.file import FileKeyStore
+from hsmsign.keystore.kms import KmsKeyStore, KmsOptions
 from hsmsign.keystore.pkcs11 import Pkcs11KeyStore, TokenError
 from hsmsign.keystore.yubikey import YubiKeyError, YubiKeyOptions, YubiKeyStore
 from hsmsign.secrets import Secrets
 
-STORE_CHOICES = ("auto", "file", "token", "yubikey")
+STORE_CHOICES = ("auto", "file", "token", "yubikey", "kms")
 
 
 @dataclass
@@ -42,9 +43,11 @@ class KeyStores:
             notify = secrets.prompter.tell
         self.yubikey = YubiKeyStore(secrets, home=home, force=force, devices=yubikey_devices,
                                     notify=notify)
+        self.kms = KmsKeyStore(home)  # cloud KMS keys, by their records (no service contacted)
 
     def close(self) -> None:
         self.token.close()
+        self.kms.close()
 
     # -- which stores can be used ------------------------------------------------------
 
@@ -89,8 +92,9 @@ class KeyStores:
 
     def list_keys(self, *, files: bool = True) -> Listing:
         """Every key of every store, and warnings for stores that could not be read; without
-        `files`, the hardware stores' only (a backup has just read the key files itself)."""
-        listing = Listing(keys=list(self.files.list_keys()) if files else [])
+        `files`, the other stores' only (a backup has just read the key files itself)."""
+        listing = Listing(keys=[*(self.files.list_keys() if files else []),
+                                *self.kms.list_keys()])
         try:
             if self.token_config.explicit or self.token_config.candidate_modules():
                 if self.token.is_present():
@@ -108,7 +112,7 @@ class KeyStores:
         return listing
 
     def all_keyids(self) -> set[str]:
-        ids = set(self.files.keyids())
+        ids = set(self.files.keyids()) | set(self.kms.keyids())
         if self.token_available():
             ids.update(self.token.keyids())
         if self.yubikey_available():
@@ -137,7 +141,7 @@ class KeyStores:
     def locate(self, keyid: str) -> list[KeyRecord]:
         """Every store holding `keyid`, hardware first."""
         found = []
-        for store in (*self.hardware_stores(), self.files):
+        for store in (*self.hardware_stores(), self.kms, self.files):
             if keyid in store.keyids():
                 found.append(store.record(keyid))
         if not found:
@@ -147,6 +151,8 @@ class KeyStores:
     def store_of(self, record: KeyRecord):
         if record.store == "yubikey":
             return self.yubikey
+        if record.store == "kms":
+            return self.kms
         return self.token if record.store == "token" else self.files
 
     def public_key(self, keyid: str):
@@ -167,6 +173,8 @@ class KeyStores:
         if store == "yubikey":
             self.yubikey.require_present()
             return "yubikey", f"asked for a YubiKey key: {self.yubikey.describe()}"
+        if store == "kms":
+            return "kms", "asked for a KMS key"
         if store != "auto":
             raise HsmsignError(f"unknown store {store!r}; choose one of {', '.join(STORE_CHOICES)}")
         if role != "root":
@@ -192,8 +200,13 @@ class KeyStores:
 
     def generate(self, role: str, gun: str | None, alg: Algorithm, store: str, *,
                  yubikey: YubiKeyOptions | None = None,
-                 file_option: str = "--store file") -> tuple[KeyRecord, str]:
+                 file_option: str = "--store file",
+                 kms: KmsOptions | None = None) -> tuple[KeyRecord, str]:
         where, why = self.choose_store(role, store, file_option=file_option)
+        if kms is not None and where != "kms":
+            raise HsmsignError("--kms applies to KMS keys: add --store kms")
+        if where == "kms":
+            return self.kms.generate(role, alg, kms, gun=gun), why
         if where == "yubikey":
             return self.yubikey.generate(role, alg, yubikey or YubiKeyOptions()), why
         if yubikey is not None:
