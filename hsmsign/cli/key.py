@@ -170,8 +170,10 @@ def export(app, keyid, output, private, format_):
     if private:
         if format_ != "notary":
             raise HsmsignError("a private key is exported only as --format notary")
-        if "file" not in [r.store for r in stores.locate(keyid)]:
-            raise HsmsignError(f"key {keyid} is on a hardware token and cannot leave it")
+        located = stores.locate(keyid)
+        if "file" not in [r.store for r in located]:
+            where = "in a cloud KMS" if located[0].store == "kms" else "on a hardware token"
+            raise HsmsignError(f"key {keyid} is {where} and cannot leave it")
         data = stores.files.notary_export(keyid)
     else:
         data = public_key_pem(stores.public_key(keyid))
