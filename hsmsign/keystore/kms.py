@@ -132,6 +132,27 @@ class KmsKeyStore:
     def uri(self, keyid: str) -> str:
         return self._entry(keyid)["uri"]
 
+    # The KeyStore interface's shape (keystore/base.py, StoreKind "kms"): a store of records,
+    # always enabled and present; never where `--store auto` puts a new root key.
+
+    @classmethod
+    def for_home(cls, context) -> KmsKeyStore:
+        return cls(context.home)
+
+    def enabled(self) -> bool:
+        return True
+
+    def listing(self):
+        from hsmsign.keystore.stores import Listing
+
+        return Listing(keys=self.list_keys())
+
+    def reason_asked(self) -> str:
+        return "asked for a KMS key"
+
+    def reason_auto_root(self, file_option: str) -> str | None:
+        return None  # root stays offline: a KMS key only when asked for (docs/kms.md)
+
     def is_present(self) -> bool:
         return True  # records are always here; the service is reached when a key signs
 
