@@ -153,6 +153,9 @@ def main() -> None:
         for name, values in times.items():
             ms = statistics.median(values) * 1000
             print(f"{name:<20} {ms:>15.1f} {ms / base_ms:>12.2f}x")
+        ratios = [a / b for a, b in zip(times["hsmsign KMS store"], times["AWSSigner alone"])]
+        print(f"per-round ratios {min(ratios):.2f}-{max(ratios):.2f}, "
+              f"median {statistics.median(ratios):.2f}x")
     finally:
         proc.kill()
         proc.wait()
