@@ -132,7 +132,8 @@ class KmsKeyStore:
     def uri(self, keyid: str) -> str:
         return self._entry(keyid)["uri"]
 
-    # The KeyStore interface's shape (keystore/base.py, StoreKind "kms"): a store of records,
+    # The KeyStore interface's shape (keystore/base.py, StoreKind "kms"; `listing()` is
+    # `Listing(keys=self.list_keys())`, no warnings: nothing is contacted): a store of records,
     # always enabled and present; never where `--store auto` puts a new root key.
 
     @classmethod
@@ -141,11 +142,6 @@ class KmsKeyStore:
 
     def enabled(self) -> bool:
         return True
-
-    def listing(self):
-        from hsmsign.keystore.stores import Listing
-
-        return Listing(keys=self.list_keys())
 
     def reason_asked(self) -> str:
         return "asked for a KMS key"
