@@ -201,3 +201,5 @@ def test_generate_while_the_server_is_down_names_it(net_cli, server):
     assert tree_digest(net_cli.home) == before
     listed = net_cli("key", "list")
     assert server.address in listed.stderr  # the warning that token keys were not listed
+    tokens = net_cli("token", "list")
+    assert server.address in tokens.stderr  # no token reached through that server
