@@ -5,6 +5,7 @@ a Unix socket, reached through p11-kit's client module with nothing but HSMSIGN_
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -28,7 +29,9 @@ from conftest import (
     tree_digest,
 )
 
-CLIENT_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+# Debian's p11-kit-modules, on whichever architecture this is.
+CLIENT_MODULE = next(iter(sorted(glob.glob("/usr/lib/*/pkcs11/p11-kit-client.so"))),
+                     "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so")
 NETWORK_LABEL = "network-hsm"
 
 
