@@ -326,15 +326,18 @@ def test_unsigned_delegation_is_reported_in_dct_words(repo, tmp_path):
     bob_pub.write_bytes(public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
     out = cli("signer", "add", "bob", "--key", str(bob_pub), str(path))
     assert "releases v1: 0/1 signatures" in out.stderr
-    error = cli.fails("repo", "verify", str(path)).error_lines[0]
-    assert "valid signatures did not meet threshold for" in error
-    roles = {r["role"]: r for r in json.loads(cli("repo", "status", str(path), "--json").stdout)["roles"]}
-    assert roles["releases"]["delegated_by"] == "targets" and not roles["releases"]["threshold_met"]
+    # Staged, not published: clients never see releases unsigned (issue 15).
+    assert "staged staged/1.releases.json" in out.stderr
+    cli("repo", "verify", str(path))
+    status = json.loads(cli("repo", "status", str(path), "--json").stdout)
+    assert "releases" not in {r["role"] for r in status["roles"]}
+    staged = {r["role"]: r for r in status["staged"]}
+    assert not staged["releases"]["complete"] and staged["releases"]["thresholds"][0]["threshold"] == 1
     # Removing the signer leaves releases with no key: the DCT warning.
     out = cli("signer", "remove", "bob", str(path))
     assert ("role releases has fewer keys than its threshold of 1; it will not be usable "
             "until keys are added to it") in out.stderr
-    assert "fewer keys than its threshold" in cli.fails("repo", "verify", str(path)).error_lines[0]
+    cli("repo", "verify", str(path))
 
 
 def test_bad_input_changes_nothing(repo, tmp_path):
@@ -675,6 +678,8 @@ def test_verify_from_a_given_root_blames_the_right_root(repo, tmp_path, env):
     pem = tmp_path / "new-root.pub"
     other("key", "export", new, "-o", str(pem))
     cli("rotate", str(path), "root", "--add-key", str(pem), "--remove-key", keyid_of(cli, path, "root"))
+    # hsmsign stages such a root (issue 15); an older hsmsign, or a hand, put it in metadata/.
+    shutil.copy(path / "staged" / "2.root.json", path / "metadata" / "2.root.json")
     error = cli.fails("repo", "verify", str(path), "--root",
                       str(path / "metadata" / "1.root.json")).error_lines[0]
     assert "valid signatures did not meet threshold for root" in error, error

@@ -20,6 +20,8 @@ COMMANDS = {
     "sign": ("hsmsign.cli.sign", "sign", "Add this machine's signatures to a role (threshold signing)."),
     "rotate": ("hsmsign.cli.sign", "rotate", "Replace the keys of a role."),
     "ceremony": ("hsmsign.cli.ceremony", "ceremony", "The guided offline root ceremony."),
+    "stage": ("hsmsign.cli.stage", "stage", "Changes waiting for signatures: list, export, merge, discard."),
+    "publish": ("hsmsign.cli.stage", "publish", "Publish the staged change once it is signed to threshold."),
     "backup": ("hsmsign.cli.backup", "backup", "Encrypted backups of the file keys; verify; safe restore."),
     "serve": ("hsmsign.cli.serve", "serve", "The signing service for CI pipelines; verify its audit log."),
 }

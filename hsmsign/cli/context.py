@@ -65,8 +65,10 @@ class AppContext:
 
     # -- repositories ------------------------------------------------------------------
 
-    def repository(self, path, *, signing: bool = True, only: set[str] | None = None):
-        """An `HsmsignRepository` with this machine's keys (no lock: see `locked`)."""
+    def repository(self, path, *, signing: bool = True, only: set[str] | None = None,
+                   staged_view: bool = True):
+        """An `HsmsignRepository` with this machine's keys (no lock: see `locked`); with
+        `staged_view=False` it reads metadata/ only, as a client does."""
         from hsmsign.repository import HsmsignRepository
 
         service = None
@@ -76,7 +78,7 @@ class AppContext:
 
             # HSMSIGN_SIGNER_URL: keys this machine does not hold sign through the service.
             service = SigningService(self.stores, only=only, remote=remote_keys_from_environment())
-        return HsmsignRepository(Path(path), service)
+        return HsmsignRepository(Path(path), service, staged_view=staged_view)
 
     def locked(self, path, *, new: bool = False):
         """Hold the repository's lock for the rest of the command. Unless the command makes a
@@ -106,12 +108,28 @@ class AppContext:
         for warning in warnings:
             self.note(f"warning: the configured token is not present, so its keys did not "
                       f"sign: {warning}")
+        outcome = getattr(repo, "outcome", None)
+        staged = list(outcome.staged) if outcome else []
+        waiting = dict(outcome.waiting) if outcome else {}
         if self.json:
             self.emit_json({**(extra or {}), "written": written,
-                            "signing": [r.to_json() for r in reports], "warnings": warnings})
+                            "signing": [r.to_json() for r in reports], "warnings": warnings,
+                            "staged": staged,
+                            "waiting": {role: [t.to_json() for t in checks]
+                                        for role, checks in waiting.items()}})
             return
         for name in written:
             self.note(f"wrote metadata/{name}")
+        for name in staged:
+            self.note(f"staged staged/{name} (not published until it is signed to threshold)")
+        for role, checks in waiting.items():
+            for t in checks:
+                if not t.met:
+                    self.note(f"{role} ({t.label}) needs {t.missing} more signature(s) from: "
+                              f"{', '.join(k[:7] for k in t.unsigned) or 'no key'}"
+                              f"{self.stores.elsewhere(t.unsigned)}; they sign with `hsmsign "
+                              f"sign REPO {role}`, or `sign --file` on a copy from `hsmsign stage "
+                              f"export`")
         for r in reports:
             here = ", ".join(k[:7] for k in r.signed_here) or "none"
             line = f"{r.role} v{r.version}: {len(r.valid)}/{r.threshold} signatures (signed now: {here})"

@@ -115,16 +115,19 @@ def _remove_generated(app, records) -> None:
 @pass_app
 def status(app, repo):
     """Versions, expiry, thresholds, who signed and who must still sign."""
+    from hsmsign.repository.publication import staged_roles
     from hsmsign.repository.verification import status as repo_status
 
-    repository = app.repository(repo, signing=False)
+    repository = app.repository(repo, signing=False, staged_view=False)
     problem = app.stores.configured_token_problem()
     if problem:
         app.note(f"warning: token keys not counted as here: {problem}")
     held = app.stores.all_keyids()
     roles = repo_status(repository, held)
+    staged = staged_roles(app.repository(repo, signing=False))
     if app.json:
         app.emit_json({"roles": [r.to_json() for r in roles],
+                       "staged": [r.to_json() for r in staged],
                        "targets": [{"role": role, "path": t.path, "length": t.length,
                                     "hashes": t.hashes} for role, t in repository.all_targets()]})
         return
@@ -136,6 +139,15 @@ def status(app, repo):
                      "; ".join(r.problems) or "ok"])
     app.table(["ROLE", "VERSION", "EXPIRES (UTC)", "SIGNED", "KEYS", "KEY IDS (* = here)", "STATUS"],
               rows, "no roles")
+    if staged:
+        click.echo("")
+        app.table(["STAGED (not published)", "VERSION", "SIGNED", "STATUS"],
+                  [[r.role, str(r.version),
+                    ", ".join(f"{len(t.signed)}/{t.threshold}" for t in r.thresholds),
+                    f"STALE: {r.stale}" if r.stale else "complete: `hsmsign publish`"
+                    if r.complete else "needs " + "; ".join(
+                        f"{t.missing} more ({t.label}) from: {', '.join(k[:7] for k in t.unsigned)}"
+                        for t in r.thresholds if not t.met)] for r in staged], "")
     # Like `docker trust inspect --pretty`: signed targets and who signed them.
     signers = {r.role: ", ".join(k["keyid"][:7] for k in r.keys if k["signed"]) or "nobody"
                for r in roles}
@@ -181,7 +193,10 @@ def verify(app, repo, trusted_root):
 @common_options
 @pass_app
 def refresh(app, repo, roles, within):
-    """Bump version and expiry of roles that expire soon, and re-sign them (for cron)."""
+    """Bump version and expiry of roles that expire soon, and re-sign them (for cron).
+
+    A role named with --role whose keys are not here is staged for its custodians to sign;
+    without --role such roles are skipped with a warning."""
     with app.locked(repo):
         repository = app.repository(repo)
         refreshed, skipped = repository.refresh(list(roles) or None, within)

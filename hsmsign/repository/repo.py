@@ -182,16 +182,17 @@ class HsmsignRepository(RepositoryStorage):
         self.publish()
         return warnings
 
-    def rotate(self, role: str, add: list[Key], remove: list[str]) -> None:
+    def rotate(self, role: str, add: list[Key], remove: list[str],
+               threshold: int | None = None) -> None:
         """Replace keys of `role`; the delegator is re-signed, then the role itself."""
         self.require()
         self.require_role(role)
         if role in TOP_LEVEL_ROLES:
             with self.edit_root() as root:
-                _change_keys(root, role, add, remove)
+                _change_keys(root, role, add, remove, threshold)
         else:
             with self.edit_targets(self.parents()[role]) as parent:
-                _change_keys(parent, role, add, remove)
+                _change_keys(parent, role, add, remove, threshold)
         if role == "targets" or role not in TOP_LEVEL_ROLES:
             with self.edit(role):
                 pass  # a new version, signed by the new keys
@@ -201,8 +202,9 @@ class HsmsignRepository(RepositoryStorage):
     def refresh(self, roles: list[str] | None, within_days: float | None) -> tuple[list[str], list[str]]:
         """Re-sign roles that expire within `within_days` (default: half their period).
 
-        Roles whose keys are not here are left alone (bumping them would leave them unsigned)
-        and reported. Returns (refreshed, skipped-with-reason).
+        Without `roles`, roles whose keys are not here are left alone and reported (a cron job
+        stages nothing); roles named in `roles` are refreshed all the same, and `commit()`
+        stages what cannot be signed here. Returns (refreshed, skipped-with-reason).
         """
         self.require()
         candidates = roles or ["root", "targets", *sorted(self.parents()), "snapshot", "timestamp"]
@@ -217,8 +219,8 @@ class HsmsignRepository(RepositoryStorage):
 
         def signable(role: str) -> bool:
             keys, threshold = self.role_keys(role)
-            if len(service.available(keys)) >= threshold:
-                return True
+            if len(service.available(keys)) >= threshold or roles:
+                return True  # a role asked for by name is staged when its keys are elsewhere
             problem = service.stores.configured_token_problem()
             skipped.append(f"{role}: expires {self.open(role).signed.expires:%Y-%m-%d %H:%M} UTC, "
                            f"but fewer than {threshold} of its keys are here"
@@ -243,8 +245,11 @@ class HsmsignRepository(RepositoryStorage):
         return refreshed, skipped
 
 
-def _change_keys(delegator: Root | Targets, role: str, add: list[Key], remove: list[str]) -> None:
+def _change_keys(delegator: Root | Targets, role: str, add: list[Key], remove: list[str],
+                 threshold: int | None = None) -> None:
     spec = delegator.get_delegated_role(role)
+    if threshold is not None:
+        spec.threshold = threshold
     for keyid in remove:
         if keyid not in spec.keyids:
             raise RepositoryError(f"key {keyid[:7]} is not a key of {role}; nothing changed")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,22 +31,48 @@ from hsmsign.repository.layout import (
     now,
     signed_type,
 )
+from hsmsign.repository.staging import StagingArea
 from hsmsign.repository.targets import TargetUpload
 from hsmsign.signing import SigningReport, SigningService, valid_signers
+
+
+# Compact: json's C encoder (the indented form runs its pure-Python one, ~2x the time for a
+# 100,000-target role) and ~20% fewer bytes for clients; TUF and python-tuf read both.
+METADATA_SERIALIZER = JSONSerializer(compact=True)
+
+
+@dataclass
+class Outcome:
+    """Where a command's changes went: published into metadata/, or staged, and who must
+    still sign what is staged (role -> its thresholds)."""
+
+    written: list[str] = field(default_factory=list)
+    staged: list[str] = field(default_factory=list)
+    waiting: dict[str, list] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class RepositoryStorage(Repository):
     """The files of one repository directory under python-tuf's `Repository`; one instance
     per command. `HsmsignRepository` adds the operations the commands run."""
 
-    def __init__(self, path: Path, signing: SigningService | None = None):
+    def __init__(self, path: Path, signing: SigningService | None = None, *,
+                 staged_view: bool = True):
         self.path = Path(path)
         self.metadata_dir = self.path / METADATA_DIR
         self.targets_dir = self.path / TARGETS_DIR
+        self.staging = StagingArea(self.path)
+        # Whether a role with a staged version is read from staged/ (what edits and `sign`
+        # build on) or, as a client reads, from metadata/ only.
+        self.staged_view = staged_view
         self.signing = signing
         self.reports: dict[str, SigningReport] = {}
+        self.outcome = Outcome()
         self._cache: dict[str, Metadata] = {}
-        self._staged: dict[str, Metadata] = {}  # filename -> metadata to write
+        self._pending: dict[str, Metadata] = {}  # role -> metadata this command changed
+        self._from_staged: set[str] = set()  # roles read from staged/
+        self._dropped: set[str] = set()  # staged roles whose delegation this command removed
+        self._staged_files: dict | None = None
         self._bumped: set[str] = set()  # roles given a new version by this command
         self._uploads: list[TargetUpload] = []
         self._targets_infos: dict[str, MetaFile] = {}
@@ -113,8 +140,18 @@ class RepositoryStorage(Repository):
             )
         return md
 
+    def staged_files(self) -> dict:
+        if self._staged_files is None:
+            self._staged_files = self.staging.files() if self.staged_view else {}
+        return self._staged_files
+
     def _load(self, role: str) -> Metadata | None:
         """The current metadata of `role` from disk, checked; None if the role has none yet."""
+        if role in self.staged_files():
+            md = self.staging.read(role)
+            self._from_staged.add(role)
+            self._check_signatures(role, md)
+            return md
         if role == "root":
             versions = self.root_versions()
             if not versions:
@@ -155,9 +192,11 @@ class RepositoryStorage(Repository):
         good = set(valid_signers(md, keys, data))
         bad = [k for k in md.signatures if k in keys and k not in good]
         if bad:
+            where = (f"; discard it with `hsmsign stage discard REPO {role}`"
+                     if role in self._from_staged else "; restore it")
             raise RepositoryError(
                 f"{role} metadata v{md.signed.version} has a signature by {bad[0][:7]} that does "
-                "not verify: the file was changed after it was signed; restore it"
+                f"not verify: the file was changed after it was signed{where}"
             )
 
     def open(self, role: str) -> Metadata:
@@ -175,20 +214,19 @@ class RepositoryStorage(Repository):
         A role edited twice in one command (e.g. `signer add` touching two delegations) gets
         one new version, not two.
         """
-        if role in self._bumped:
-            self._staged.pop(metadata_filename(role, md.signed.version), None)
-        else:
-            if role == "root" and md.signed.version >= 1:
+        if role not in self._bumped:
+            if role not in self._from_staged:  # a staged version is the next version already
+                md.signed.version += 1
+            self._bumped.add(role)
+            if role == "root" and md.signed.version > 1:
                 # The root being replaced must also sign its successor (TUF root rotation).
                 self._previous_root = self.read_file(
-                    metadata_filename("root", md.signed.version), "root")
-            md.signed.version += 1
-            self._bumped.add(role)
+                    metadata_filename("root", md.signed.version - 1), "root")
         md.signed.expires = now() + timedelta(days=self.expiry_days(role))
         md.signatures.clear()
         self.sign(role, md)
         self._cache[role] = md
-        self._stage(role, md)
+        self._pend(role, md)
         if role not in ("root", "timestamp", "snapshot"):
             self._targets_infos[f"{role}.json"] = MetaFile(md.signed.version)
 
@@ -280,7 +318,7 @@ class RepositoryStorage(Repository):
         self._check_chosen_keys(role, md)
         report = self.sign(role, md)
         if report.signed_here:
-            self._stage(role, md)
+            self._pend(role, md)
         return report
 
     def _check_chosen_keys(self, role: str, md: Metadata) -> None:
@@ -305,21 +343,16 @@ class RepositoryStorage(Repository):
             f"{', '.join(here) if here else 'none of them'}; nothing changed"
         )
 
-    # -- staging and writing -----------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------
 
-    def _stage(self, role: str, md: Metadata) -> None:
-        self._staged[metadata_filename(role, md.signed.version)] = md
+    def _pend(self, role: str, md: Metadata) -> None:
+        self._pending[role] = md
 
     def commit(self) -> list[str]:
-        """Write everything staged; versioned files first, then root, then timestamp.json."""
-        def order(name: str) -> int:
-            if name == "timestamp.json":
-                return 3
-            if name.endswith(".root.json"):
-                return 2
-            if name.endswith(".snapshot.json"):
-                return 1
-            return 0
+        """Write what this command changed: into metadata/ what verifies there as a client
+        would, into staged/ what still needs signatures from elsewhere (see `publication`).
+        Returns the metadata/ file names written; `outcome` says the rest."""
+        from hsmsign.repository.publication import settle
 
         ensure_public_dir(self.metadata_dir)
         for upload in self._uploads:
@@ -335,18 +368,29 @@ class RepositoryStorage(Repository):
             atomic_write(self.path / CONFIG_FILE,
                          json.dumps(self.config, indent=2, sort_keys=True).encode() + b"\n",
                          mode=PUBLIC_FILE_MODE)
-        # Compact: json's C encoder (the indented form runs its pure-Python one, ~2x the time for
-        # a 100,000-target role) and ~20% fewer bytes for clients; TUF and python-tuf read both.
-        serializer = JSONSerializer(compact=True)
+        self._uploads.clear()
+        if self._pending:
+            settle(self)
+        self._pending.clear()
+        return self.outcome.written
+
+    def write_published(self, files: dict[str, Metadata],
+                        data: dict[str, bytes] | None = None) -> list[str]:
+        """Write `files` (role -> metadata) into metadata/: versioned files first, then root,
+        snapshot, and `timestamp.json` last; their staged versions, if any, are removed."""
+        def order(role: str) -> int:
+            return {"timestamp": 3, "root": 2, "snapshot": 1}.get(role, 0)
+
+        serializer = METADATA_SERIALIZER
         written = []
-        for name in sorted(self._staged, key=lambda n: (order(n), n)):
-            atomic_write(self.metadata_dir / name, self._staged[name].to_bytes(serializer),
-                         mode=PUBLIC_FILE_MODE)
+        for role in sorted(files, key=lambda r: (order(r), r)):
+            name = metadata_filename(role, files[role].signed.version)
+            content = data[role] if data else files[role].to_bytes(serializer)
+            atomic_write(self.metadata_dir / name, content, mode=PUBLIC_FILE_MODE)
             written.append(name)
         if written:
             fsync_dir(self.metadata_dir)
-        self._staged.clear()
-        self._uploads.clear()
+        self.staging.remove([r for r in files if r in self.staging.files()])
         return written
 
     def publish(self) -> None:

@@ -8,18 +8,22 @@ thresholds, who signed and who has not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata
+from tuf.api.metadata import Metadata, Root
 from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 from tuf.ngclient.config import EnvelopeType
 
 from hsmsign.keys import TOP_LEVEL_ROLES
 from hsmsign.repository.layout import RepositoryError, metadata_filename, now
-from hsmsign.repository.repo import HsmsignRepository
 from hsmsign.signing import valid_signers
+
+if TYPE_CHECKING:  # the repository calls `verify` before it writes: no import cycle at run time
+    from hsmsign.repository.storage import RepositoryStorage as HsmsignRepository
 
 
 def _fewer_keys_than_threshold(role: str, keys: int, threshold: int) -> str | None:
@@ -53,10 +57,20 @@ class Verified:
         return {"ok": True, "root_version": self.root_version, "roles": self.roles}
 
 
-def verify(repo: HsmsignRepository, trusted_root: bytes | None = None) -> Verified:
-    """Verify every role like a client; RepositoryError with a clear message on the first failure."""
+def verify(repo: HsmsignRepository, trusted_root: bytes | None = None, *,
+           overlay: dict[str, bytes] | None = None,
+           only: Callable[[str], bool] | None = None) -> Verified:
+    """Verify every role like a client; RepositoryError with a clear message on the first failure.
+
+    `overlay`: metadata files (name -> bytes) to read instead of, or beside, those in
+    `metadata/`: what `metadata/` would be after a write, checked before it is made. `only`:
+    which targets roles to load below `targets` (a role is descended into when `only` says so;
+    root, timestamp, snapshot and targets are always checked).
+    """
     repo.require()
-    read = lambda name: _read_bytes(repo, name)  # noqa: E731
+    overlay = overlay or {}
+    read = lambda name: overlay[name] if name in overlay else _read_bytes(repo, name)  # noqa: E731
+    exists = lambda name: name in overlay or (repo.metadata_dir / name).exists()  # noqa: E731
     step = "root"
     version = None  # the root version being checked against the one trusted before it
     given = None  # the trusted root's own version, when one was given
@@ -64,7 +78,7 @@ def verify(repo: HsmsignRepository, trusted_root: bytes | None = None) -> Verifi
         trusted = TrustedMetadataSet(trusted_root or read("1.root.json"), EnvelopeType.METADATA)
         given = trusted.root.version if trusted_root is not None else None
         version = trusted.root.version + 1
-        while (repo.metadata_dir / metadata_filename("root", version)).exists():
+        while exists(metadata_filename("root", version)):
             trusted.update_root(read(metadata_filename("root", version)))
             version += 1
         step = "timestamp"
@@ -86,7 +100,7 @@ def verify(repo: HsmsignRepository, trusted_root: bytes | None = None) -> Verifi
                 continue
             _check_thresholds((n, r) for n, r in targets.delegations.roles.items())
             for name in targets.delegations.roles:
-                if name in result.roles:
+                if name in result.roles or (only is not None and not only(name)):
                     continue
                 step = name
                 loaded = trusted.update_delegated_targets(
@@ -141,6 +155,50 @@ def _read_bytes(repo: HsmsignRepository, name: str) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise RepositoryError(f"{path} is missing; restore it") from None
+
+
+# -- thresholds -----------------------------------------------------------------------
+
+
+@dataclass
+class Threshold:
+    """Who signed one role's metadata, by python-tuf's own verification (what a client runs)."""
+
+    label: str  # the role, or "root (previous keys)"
+    threshold: int
+    signed: list[str]
+    unsigned: list[str]
+
+    @property
+    def met(self) -> bool:
+        return len(self.signed) >= self.threshold
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.threshold - len(self.signed))
+
+    def to_json(self) -> dict:
+        return {"keys": self.label, "threshold": self.threshold, "signed": self.signed,
+                "unsigned": self.unsigned, "met": self.met}
+
+
+def thresholds(repo: HsmsignRepository, role: str, md: Metadata,
+               previous_root: Root | None = None) -> list[Threshold]:
+    """`role`'s thresholds for `md`: against its delegator as `repo` reads it now, and for a
+    new root also against the root before it (`previous_root`)."""
+    payload = md.signed_bytes
+    if role == "root":
+        result = md.signed.get_root_verification_result(previous_root, payload, md.signatures)
+        out = [_threshold("root", result.second)]
+        if previous_root is not None:
+            out.append(_threshold("root (previous keys)", result.first))
+        return out
+    result = repo.delegator(role).get_verification_result(role, payload, md.signatures)
+    return [_threshold(role, result)]
+
+
+def _threshold(label: str, result) -> Threshold:
+    return Threshold(label, result.threshold, sorted(result.signed), sorted(result.unsigned))
 
 
 # -- status ---------------------------------------------------------------------------
