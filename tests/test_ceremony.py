@@ -430,6 +430,36 @@ def test_rotate_root_a_custodian_leaves_and_a_client_follows(three, tmp_path):
     cli("ceremony", "verify-transcript", str(repo / "ceremony-transcript.json"), str(repo))
 
 
+def test_rotate_root_stages_the_new_root_when_old_custodians_sign_another_day(three, tmp_path):
+    plan = write_plan(tmp_path / "plan.toml", ["alice", "bob", "carol"], 2)
+    cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "carol", "dave")))
+    repo = tmp_path / "repo"
+    cli("ceremony", "root", str(repo), "--plan", str(plan), "--allow-network")
+    server = Server(repo)
+    try:
+        client = tmp_path / "client"
+        updater(repo, server, client).refresh()
+        # Alice keeps her key, Dave joins; of the old root's 2-of-3 only Alice is here today.
+        three.add("dave")
+        rotation = write_plan(tmp_path / "rotate.toml", ["alice", "dave"], 2)
+        result = json.loads(cli("ceremony", "rotate-root", str(repo), "--plan", str(rotation),
+                                "--allow-network", "--json").stdout)
+        assert result["staged"] == "staged/2.root.json"
+        assert [n["keys"] for n in result["needs"]] == ["root (previous keys)"]
+        assert not (repo / "metadata" / "2.root.json").exists()
+        cli("repo", "verify", str(repo))
+        updater(repo, server, client).refresh()
+        # Another day: Bob signs with his own home and token, and the new root is published.
+        bob = Cli(tmp_path / "bob", three.env(HSMSIGN_TOKEN_LABEL="bob", HSMSIGN_PIN=PIN))
+        assert "wrote metadata/2.root.json" in bob("sign", str(repo), "root").stderr
+        assert not (repo / "staged" / "2.root.json").exists()
+        cli("repo", "verify", str(repo))
+        updater(repo, server, client).refresh()
+        assert json.loads((client / "metadata" / "root.json").read_text())["signed"]["version"] == 2
+    finally:
+        server.close()
+
+
 def test_transcript_option_writes_the_record_where_asked(three, tmp_path):
     plan = write_plan(tmp_path / "plan.toml", ["alice", "bob"], 2)
     cli = Cli(tmp_path / "home", three.env(**pins("alice", "bob", "dave")))

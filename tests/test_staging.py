@@ -141,6 +141,10 @@ def test_a_delegated_role_whose_key_is_elsewhere_is_staged_until_its_signer_sign
     assert "wrote metadata/2.targets.json" in out.stderr and "wrote metadata/1.builds.json" in out.stderr
     assert set(staged(owner, path)) == {"snapshot", "timestamp"}
     owner("repo", "verify", str(path))
+    before = tree_digest(path)
+    error = signer.fails("publish", str(path)).error_lines[0]
+    assert "not published: snapshot" in error and "where they are" in error
+    assert tree_digest(path) == before
     # Snapshot and timestamp follow where their keys are.
     out = owner("publish", str(path))
     assert "wrote metadata/timestamp.json" in out.stderr

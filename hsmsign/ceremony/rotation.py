@@ -3,7 +3,9 @@
 The new root is signed by the new keys and by the old keys of the `old_custodian` tokens
 present, so that a client trusting the old root follows the rotation. A custodian whose token
 already holds a key of the current root keeps it. Only the new `N.root.json` (and the
-transcript) is written into REPO, after the whole chain verifies from `1.root.json`.
+transcript) is written into REPO, after the whole chain verifies from `1.root.json`; when the
+old keys present fall short of the old threshold it is written into `REPO/staged/` instead,
+for the other old custodians to sign on other days.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from hsmsign.fsutil import sha256_file
 from hsmsign.keys import tuf_key
 from hsmsign.keystore.stores import KeyStores
 from hsmsign.repository import HsmsignRepository
+from hsmsign.repository.publication import role_thresholds
+from hsmsign.repository.staging import StagingArea
 from hsmsign.repository.verification import verify
 from hsmsign.signing import SigningService
 
@@ -32,6 +36,9 @@ class RootRotation(Ceremony):
     def prepare(self) -> None:
         current = HsmsignRepository(self.repo)
         verify(current)  # rotate from a repository that verifies, nothing else
+        if StagingArea(self.repo).files():
+            raise HsmsignError(f"{self.repo} has staged changes (`hsmsign stage list`); publish or "
+                               "discard them before rotating root; nothing changed")
         self.old_root = current.open("root")
 
     def steps(self, staged_home: Path) -> dict:
@@ -42,6 +49,10 @@ class RootRotation(Ceremony):
         self.root_keys(staged_home)
         self.old_custodian_tokens(staged_home)
         version = self.new_root(staged_home)
+        if (self.work / "repo" / "staged" / f"{version}.root.json").exists():
+            # The old custodians present are short of the old root's threshold: the rest
+            # sign on other days (`hsmsign sign REPO root`, or `sign --file --previous`).
+            return self.stage_root(version)
         self.verify_rotation(version)
         self.sign_transcript(version)
         return self.write_root(version)
@@ -142,6 +153,30 @@ class RootRotation(Ceremony):
                                        ("from the old root", f"root v{from_old.root_version} ok")])
         self.transcript.record("verify", {"roles": from_first.roles, "metadata_sha256": {name: digest},
                                           "followed_from_old_root": True})
+
+    def stage_root(self, version: int) -> dict:
+        """Put the new root into REPO/staged/ with the signatures it has, and say who must
+        still sign; it is published by the command that brings the last one."""
+        assert self.work is not None
+        work = HsmsignRepository(self.work / "repo")
+        md = work.open("root")
+        checks = role_thresholds(work, "root", md)
+        needs = [t.to_json() for t in checks if not t.met]
+        name = StagingArea(self.repo).write("root", md)
+        self.ui.screen("3. Staged: more signatures needed", [
+            ("staged", f"staged/{name}"),
+            *((t.label, f"{len(t.signed)}/{t.threshold}; needs {t.missing} more from: "
+                        f"{', '.join(k[:16] for k in t.unsigned)}") for t in checks if not t.met),
+        ])
+        self.transcript.record("staged", {
+            "metadata_sha256": {name: sha256_file(self.repo / "staged" / name)}, "needs": needs})
+        self.sign_transcript(version)
+        self.write_attestations()
+        transcript = self.write_transcript(
+            self.repo / f"ceremony-rotate-root-{version}-transcript.json")
+        return {"repository": str(self.repo), "transcript": str(transcript), "root_version": version,
+                "root_keys": [t.keyid for t in self.tokens], "threshold": self.plan.threshold,
+                "digest": self.transcript.digest, "staged": f"staged/{name}", "needs": needs}
 
     def write_root(self, version: int) -> dict:
         from hsmsign.fsutil import atomic_write

@@ -155,6 +155,13 @@ def rotate_root(app, repo, plan_file, threshold, tokens, allow_network, transcri
     if app.json:
         app.emit_json(result)
         return
+    if result.get("staged"):
+        ui.screen("Staged", [("new root", f"v{result['root_version']}, in {result['staged']}: not "
+                                          "published until the remaining custodians sign"),
+                             ("they run", f"hsmsign sign {repo} root (or sign --file --previous "
+                                          "on a copy from `hsmsign stage export`)"),
+                             ("transcript", result["transcript"])])
+        return
     ui.screen("Done", [("new root", f"v{result['root_version']}"), ("transcript", result["transcript"])])
 
 

@@ -117,9 +117,17 @@ def publish_staged(repo) -> None:
         if reason:
             raise RepositoryError(f"staged {role} is stale ({reason}); discard it with "
                                   f"`hsmsign stage discard REPO {role}`; nothing changed")
-    core_missing = [phrase for role, phrase in missing(repo) if role not in FOLLOWERS]
+    gaps = missing(repo)
+    core_missing = [phrase for role, phrase in gaps if role not in FOLLOWERS]
     if core_missing:
         raise RepositoryError("not published: " + "; ".join(core_missing) + "; nothing changed")
+    if all(role in FOLLOWERS for role in repo.staged_files()):
+        for role, phrase in gaps:  # only snapshot/timestamp wait: their keys must be here
+            keys, threshold = repo.role_keys(role)
+            if len(repo._service().available(keys)) < threshold:
+                raise RepositoryError(f"not published: {phrase}, and fewer than {threshold} of "
+                                      "them are here; run `hsmsign publish` where they are; "
+                                      "nothing changed")
     adopt_staged(repo)
 
 
