@@ -6,6 +6,7 @@ import os
 from datetime import datetime, timezone
 
 from tuf.api.metadata import Root, Snapshot, Targets, Timestamp
+from tuf.api.serialization.json import JSONSerializer
 
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import TOP_LEVEL_ROLES
@@ -16,6 +17,9 @@ TARGETS_DIR = "targets"
 CONFIG_FILE = "hsmsign.json"
 LOCK_FILE = ".hsmsign.lock"
 PUBLIC_FILE_MODE = 0o644
+# Compact: json's C encoder (the indented form runs its pure-Python one, ~2x the time for a
+# 100,000-target role) and ~20% fewer bytes for clients; TUF and python-tuf read both.
+METADATA_SERIALIZER = JSONSerializer(compact=True)
 
 # Root changes rarely and its keys are offline: a year. Targets are signed by a person when
 # releasing: a quarter. Snapshot and timestamp are signed by online keys, by a cron job:

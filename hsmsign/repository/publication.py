@@ -18,9 +18,8 @@ from pathlib import Path
 from tuf.api.metadata import Metadata, MetaFile
 from tuf.api.serialization import DeserializationError
 
-from hsmsign.repository.layout import RepositoryError, metadata_filename, now
+from hsmsign.repository.layout import METADATA_SERIALIZER, RepositoryError, metadata_filename, now
 from hsmsign.repository.staging import role_from_filename
-from hsmsign.repository.storage import METADATA_SERIALIZER
 from hsmsign.repository.verification import Threshold, thresholds, verify
 from hsmsign.signing import valid_signers
 
