@@ -9,6 +9,7 @@ without its hash. Editing, removing or reordering an entry breaks the chain wher
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 
 from securesystemslib.formats import encode_canonical
@@ -28,9 +29,22 @@ class ChainBroken(HsmsignError):
         self.edited = edited
 
 
+def canonical_json(value) -> str:
+    """securesystemslib's canonical JSON of `value` (JSON data without floats), fast.
+
+    Canonical JSON escapes only `"` and `\\` in strings; `json.dumps` with sorted keys, no
+    spaces and no ASCII escaping writes the very same text unless it escaped something (a
+    backslash then appears in its output): only then is securesystemslib's slower encoder
+    needed. Floats, which canonical JSON refuses, must be kept out by the caller.
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return encode_canonical(value) if "\\" in text else text
+
+
 def entry_hash(entry: dict) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(encode_canonical(body).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 def link(entry: dict, seq: int, prev: str) -> dict:

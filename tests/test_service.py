@@ -262,3 +262,10 @@ def test_a_pipeline_holding_no_key_signs_through_the_service(service_home, tmp_p
         assert tree_digest(repo) == before
     finally:
         assert service.stop() == 0
+
+
+def test_numbers_with_fractions_are_refused(running, service_home):
+    body = ('{"keyid": "%s", "signed": {"_type": "timestamp", "version": 1.5}}'
+            % service_home.keys["timestamp"]).encode()
+    status, answer = raw_request(running.url, "POST", "/v1/sign", body)
+    assert status == 400 and "fraction" in answer["error"]

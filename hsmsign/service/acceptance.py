@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from securesystemslib.formats import encode_canonical
 from tuf.api.metadata import Root, Signed, Snapshot, Targets, Timestamp
 from tuf.api.metadata import Metadata
 
+from hsmsign.hashchain import canonical_json
 from hsmsign.keys import KeyRecord, is_top_level
 from hsmsign.service.errors import NotAcceptable
 from hsmsign.service.policy import Client
@@ -77,7 +77,7 @@ def accept(signed: object, key: KeyRecord, client: Client, *,
         if md.expires > limit:
             raise NotAcceptable(f"the metadata expires {md.expires:%Y-%m-%d %H:%M} UTC, later "
                                 f"than {client.name}'s limit of {client.max_expires_days:g} days")
-    payload = encode_canonical(md.to_dict()).encode()
+    payload = canonical_json(md.to_dict()).encode()  # the body had no floats: see app.py
     if client.repository is not None:
         (published or PublishedVersions()).check(client.repository, role, md.version, payload)
     return Accepted(role, md.version, payload)

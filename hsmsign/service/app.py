@@ -77,6 +77,14 @@ def peer_of(request: web.Request) -> Peer:
     raise Unauthenticated("no client certificate; connect with mutual TLS")
 
 
+class _FloatInBody(Exception):
+    pass
+
+
+def _no_float(text: str):
+    raise _FloatInBody(text)
+
+
 def _error(e: ServiceError) -> web.Response:
     return web.json_response({"error": str(e)}, status=e.status)
 
@@ -84,6 +92,7 @@ def _error(e: ServiceError) -> web.Response:
 class Api:
     def __init__(self, state: State):
         self.state = state
+        self._signatures: dict[tuple[str, str], object] = {}
 
     def client(self, request: web.Request) -> tuple[Client, Peer]:
         peer = peer_of(request)
@@ -120,7 +129,11 @@ class Api:
         except ServiceError as e:
             await self._refused(entry, e)
             return _error(e)
-        metrics.signatures.labels(keyid, client.name).inc()
+        counter = self._signatures.get((keyid, client.name))
+        if counter is None:  # labels() takes a lock and builds a key: once per pair
+            counter = self._signatures[keyid, client.name] = metrics.signatures.labels(
+                keyid, client.name)
+        counter.inc()
         metrics.latency.observe(time.perf_counter() - started)
         return web.json_response({"keyid": keyid, "sig": sig})
 
@@ -136,15 +149,21 @@ class Api:
             raise TooLarge(f"the body is over {MAX_BODY // (1024 * 1024)} MiB; sign smaller "
                            "metadata")
         try:
-            async with asyncio.timeout(BODY_SECONDS):
+            if request.content.is_eof():  # all there already (the usual small body)
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(BODY_SECONDS):
+                    raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise TooLarge(f"the body is over {MAX_BODY // (1024 * 1024)} MiB; sign smaller "
                            "metadata") from None
         except TimeoutError:
             raise Malformed(f"the body did not arrive within {BODY_SECONDS:g} s") from None
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_float=_no_float, parse_constant=_no_float)
+        except _FloatInBody:
+            raise Malformed("the body holds a number with a fraction or exponent; TUF metadata "
+                            "has none (canonical JSON cannot encode them)") from None
         except (ValueError, UnicodeDecodeError):
             raise Malformed("the body is not JSON; send {\"keyid\": ..., \"signed\": ...}") from None
         if not isinstance(body, dict):
