@@ -187,6 +187,8 @@ def test_the_cli_signs_through_the_service_over_tls(tls_service, pki, service_ho
     out = pipeline("repo", "refresh", str(repo), "--within", "2", "--json")
     assert set(json.loads(out.stdout)["refreshed"]) == {"snapshot", "timestamp"}
     admin("repo", "verify", str(repo))
+    again = pipeline("sign", str(repo), "timestamp", "--key", keys["timestamp"][:10])
+    assert "already signed by the key(s) here" in again.stderr
     unset = {**env, "HSMSIGN_SIGNER_URL": tls_service.url}
     error = Cli(tmp_path / "p2", unset).fails("repo", "refresh", str(repo), "--within", "2")
     assert "HSMSIGN_SIGNER_CERT" in error.error_lines[0]

@@ -31,6 +31,7 @@ class AppContext:
     force: bool = False
     _stores: Any = field(default=None, repr=False)
     _secrets: Any = field(default=None, repr=False)
+    _remote: Any = field(default=None, repr=False)  # False: no HSMSIGN_SIGNER_URL
 
     @property
     def home(self):
@@ -62,6 +63,8 @@ class AppContext:
     def close(self) -> None:
         if self._stores is not None:
             self._stores.close()
+        if self._remote:
+            self._remote.close()
 
     # -- repositories ------------------------------------------------------------------
 
@@ -73,12 +76,35 @@ class AppContext:
 
         service = None
         if signing:
-            from hsmsign.service.client import remote_keys_from_environment
             from hsmsign.signing import SigningService
 
             # HSMSIGN_SIGNER_URL: keys this machine does not hold sign through the service.
-            service = SigningService(self.stores, only=only, remote=remote_keys_from_environment())
+            service = SigningService(self.stores, only=only, remote=self.remote_keys)
         return HsmsignRepository(Path(path), service, staged_view=staged_view)
+
+    @property
+    def remote_keys(self):
+        """The keys of the signing service HSMSIGN_SIGNER_URL names, or None."""
+        if self._remote is None:
+            from hsmsign.service.client import remote_keys_from_environment
+
+            self._remote = remote_keys_from_environment() or False
+        return self._remote or None
+
+    def resolve_key(self, keyid_or_prefix: str) -> str:
+        """A full key ID held here or, with HSMSIGN_SIGNER_URL, granted by the service."""
+        from hsmsign.errors import NotFound
+
+        try:
+            return self.stores.resolve(keyid_or_prefix)
+        except NotFound:
+            if self.remote_keys is None:
+                raise
+            wanted = keyid_or_prefix.strip().lower()
+            matches = [k for k in self.remote_keys.keyids() if k.startswith(wanted)]
+            if len(matches) != 1:
+                raise
+            return matches[0]
 
     def locked(self, path, *, new: bool = False):
         """Hold the repository's lock for the rest of the command. Unless the command makes a

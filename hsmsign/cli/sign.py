@@ -25,7 +25,7 @@ def sign(app, repo, role, keys, file, file_role, previous):
     once every threshold is met), else the published one. Or, with --file, a lone file."""
     from hsmsign.errors import HsmsignError
 
-    only = {app.stores.resolve(k) for k in keys} or None
+    only = {app.resolve_key(k) for k in keys} or None
     if file is not None:
         if repo is not None or role is not None:
             raise HsmsignError("give either REPO ROLE or --file FILE, not both")
@@ -54,7 +54,7 @@ def _sign_file(app, file, role, previous, only) -> None:
     from hsmsign.repository.lone_file import sign_file
     from hsmsign.signing import SigningService
 
-    service = SigningService(app.stores, only=only)
+    service = SigningService(app.stores, only=only, remote=app.remote_keys)
     report = sign_file(file, service, role=role, previous=previous,
                        keyids=sorted(only) if only else None)
     if app.json:

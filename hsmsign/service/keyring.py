@@ -1,9 +1,11 @@
 """The keys the service serves, and the stores behind them: one worker thread per store.
 
-A PKCS#11 session belongs to one thread at a time, so each hardware store gets one worker
-thread that does everything with it (sign, probe, recover, list); its one logged-in session is
-reused for every request. File keys are decrypted once, at start or at the reload that first
-names them, and sign in a small pool of their own (cryptography releases the GIL).
+A PKCS#11 session belongs to one thread at a time, so the hardware stores (token, YubiKey)
+share one worker thread that does everything with them (sign, probe, recover, list at reload);
+the token's one logged-in session is reused for every request. File keys are decrypted once, at
+start or at the reload that first names them, and sign in a small pool of their own
+(cryptography releases the GIL); network stores (a cloud KMS) sign in a pool of their own, so a
+slow network never holds up the token.
 
 A store whose signing fails is marked down: requests for its keys are answered 503 at once,
 and a recovery task tries every `RECOVERY_SECONDS` to bring it back (for a token: finalize and
@@ -33,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 RECOVERY_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 5.0
-HARDWARE = "hardware"  # the worker shared by the hardware stores (token, YubiKey)
+HARDWARE_KINDS = ("token", "yubikey")  # one worker thread for these (PKCS#11, PC/SC)
+NETWORK_WORKERS = 8
 
 
 def _kind(record: KeyRecord) -> str:
@@ -50,12 +53,18 @@ def _recover_token(stores: KeyStores) -> None:
     _probe_token(stores)
 
 
-# How to check that a store answers and is logged in, and how to bring it back, by kind.
-PROBES: dict[str, Callable[[KeyStores], Any]] = {
-    "token": _probe_token,
-    "yubikey": lambda stores: stores.yubikey.require_present(),
-}
+# How to check that a store answers and is logged in, and how to bring it back, where that is
+# more than the store's own `require_present()` (which the others get).
+PROBES: dict[str, Callable[[KeyStores], Any]] = {"token": _probe_token}
 RECOVERIES: dict[str, Callable[[KeyStores], Any]] = {"token": _recover_token}
+
+
+def _probe(kind: str, store) -> Callable[[KeyStores], Any] | None:
+    if kind in PROBES:
+        return PROBES[kind]
+    if kind == "file" or not hasattr(store, "require_present"):
+        return None  # files are read once, at start: nothing to ask
+    return lambda _stores: store.require_present()
 
 
 @dataclass
@@ -76,8 +85,13 @@ class ServedKey:
 @dataclass
 class StoreState:
     kind: str
+    store: Any = None
     problem: str | None = None  # why it is down; None when up
     since: float = 0.0
+
+    @property
+    def probe(self) -> Callable[[KeyStores], Any] | None:
+        return _probe(self.kind, self.store)
 
     @property
     def up(self) -> bool:
@@ -90,7 +104,8 @@ class KeyRing:
         self.keys: dict[str, ServedKey] = {}
         self.states: dict[str, StoreState] = {}
         self._hardware = ThreadPoolExecutor(1, thread_name_prefix="hsmsign-hardware")
-        self._software = ThreadPoolExecutor(2, thread_name_prefix="hsmsign-software")
+        self._software = ThreadPoolExecutor(2, thread_name_prefix="hsmsign-files")
+        self._network = ThreadPoolExecutor(NETWORK_WORKERS, thread_name_prefix="hsmsign-network")
         self._recovery: asyncio.Task | None = None
 
     # -- loading (at start: in this thread; at reload: on the hardware worker) ------------
@@ -111,13 +126,13 @@ class KeyRing:
                 served[record.keyid] = old
                 continue
             signer = signer_for(self.stores, record.keyid)
-            if _kind(record) == "file":
+            kind = _kind(record)
+            if kind == "file":
                 self.stores.files.private_key(record.keyid)  # decrypt now, once
-            elif _kind(record) in PROBES:
-                PROBES[_kind(record)](self.stores)
+            state = self.states.setdefault(kind, StoreState(kind, self.stores.store_of(record)))
+            if state.probe is not None:
+                state.probe(self.stores)  # logged in (a token) and reachable now
             served[record.keyid] = ServedKey(record, signer.public_key, signer)
-        for kind in {key.kind for key in served.values()}:
-            self.states.setdefault(kind, StoreState(kind))
         return served
 
     def use(self, keys: dict[str, ServedKey]) -> None:
@@ -130,7 +145,9 @@ class KeyRing:
     # -- signing ---------------------------------------------------------------------------
 
     def _executor(self, kind: str) -> ThreadPoolExecutor:
-        return self._software if kind == "file" else self._hardware
+        if kind in HARDWARE_KINDS:
+            return self._hardware
+        return self._software if kind == "file" else self._network
 
     async def sign(self, key: ServedKey, payload: bytes) -> str:
         """The hex signature of `payload`; `StoreUnavailable` when the store does not answer."""
@@ -164,11 +181,12 @@ class KeyRing:
         """Ask every store in use whether it answers and is logged in: kind -> problem or None."""
         loop = asyncio.get_running_loop()
         for state in list(self.states.values()):
-            check = PROBES.get(state.kind)
+            check = state.probe
             if check is None or not state.up:
                 continue
             try:
-                await asyncio.wait_for(loop.run_in_executor(self._hardware, check, self.stores),
+                await asyncio.wait_for(loop.run_in_executor(self._executor(state.kind), check,
+                                                            self.stores),
                                        PROBE_TIMEOUT_SECONDS)
             except Exception as e:  # noqa: BLE001
                 self._mark_down(state, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
@@ -181,10 +199,11 @@ class KeyRing:
             for state in self.states.values():
                 if state.up:
                     continue
-                bring_back = RECOVERIES.get(state.kind, PROBES.get(state.kind))
+                bring_back = RECOVERIES.get(state.kind, state.probe)
                 try:
                     if bring_back is not None:
-                        await loop.run_in_executor(self._hardware, bring_back, self.stores)
+                        await loop.run_in_executor(self._executor(state.kind), bring_back,
+                                                   self.stores)
                 except Exception as e:  # noqa: BLE001 - still gone: try again later
                     state.problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                     continue
@@ -195,8 +214,8 @@ class KeyRing:
     def close(self) -> None:
         if self._recovery is not None:
             self._recovery.cancel()
-        self._hardware.shutdown(wait=True)
-        self._software.shutdown(wait=True)
+        for executor in (self._hardware, self._software, self._network):
+            executor.shutdown(wait=True)
         self.stores.close()
 
 
