@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+
+
 @dataclass(frozen=True)
 class ManifestFile:
     name: str  # "private/<keyid>.key" or "public/<keyid>.pub"
@@ -83,7 +86,8 @@ class Manifest:
         doc = self.to_json()
         keys = doc.pop("keys")
         head = json.dumps(doc, sort_keys=True)[:-1]
-        lines = ",\n".join(json.dumps(k, sort_keys=True) for k in keys)
+        encode = _SORTED_JSON.encode  # json.dumps(k, sort_keys=True) makes an encoder per call
+        lines = ",\n".join(encode(k) for k in keys)
         return f'{head}, "keys": [\n{lines}\n]}}\n'.encode()
 
     def files(self) -> dict[str, ManifestFile]:

@@ -96,13 +96,18 @@ def _parse_pem_body(label: str, body: str) -> PemBlock:
             raise KeyFormatError(f"malformed header line in {label} PEM block")
         headers[name] = value.strip()
         i += 1
-    b64 = "".join("".join(line.split()) for line in lines[i:])
-    if not b64:
-        raise KeyFormatError(f"empty {label} PEM block")
     try:
-        der = base64.b64decode(b64.encode("ascii"), validate=True)
+        # The lines are stripped: no whitespace is left inside them as a rule, and the strict
+        # decoder refuses any there was, sending such a body the long way below.
+        der = base64.b64decode("".join(lines[i:]).encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise KeyFormatError(f"broken base64 in {label} PEM block") from None
+        b64 = "".join("".join(line.split()) for line in lines[i:])
+        if not b64:
+            raise KeyFormatError(f"empty {label} PEM block") from None
+        try:
+            der = base64.b64decode(b64.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise KeyFormatError(f"broken base64 in {label} PEM block") from None
     if not der:
         raise KeyFormatError(f"empty {label} PEM block")
     return PemBlock(label=label, headers=headers, der=der)
