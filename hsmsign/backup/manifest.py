@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-
 _SORTED_JSON = json.JSONEncoder(sort_keys=True)
 
 
