@@ -8,6 +8,7 @@ will not write them), sealed with age (pyrage) to an identity made by the stock 
 from __future__ import annotations
 
 import gzip
+import io
 import hashlib
 import json
 import os
@@ -420,3 +421,55 @@ def test_not_an_archive_at_all(tmp_path, tmp_path_factory, no_token_env):
     assert "not a regular file" in fails_reading_little(cli, tmp_path_factory.mktemp("io"),
                                                         "backup", "restore", "/dev/zero")
     assert not (tmp_path / "home").exists()
+
+
+def ustar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    """A POSIX USTAR tar of these members, as hsmsign writes its own (its fast reader's input)."""
+    out = bytearray()
+    for info, data in members:
+        out += info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            out += data + b"\0" * (-len(data) % 512)
+    return bytes(out + b"\0" * 1024)
+
+
+def test_plain_ustar_tars_are_read_as_tarfile_reads_them(real_key):
+    """hsmsign reads the headers of a plain USTAR tar in memory itself (tarfile is ~8x slower
+    per header: 20,000 headers for 10,000 keys); what it reads, and every refusal, must be
+    what reading the same bytes through tarfile (as a stream) gives."""
+    from hsmsign.backup.format import ArchiveError
+    from hsmsign.backup.tar import _plain_ustar, read_tar
+
+    keyid = real_key["keyid"]
+    good = good_members(real_key)
+    variants = {
+        "good": good,
+        "old-style directory": _replace(good, "public", member("public/", type=tarfile.AREGTYPE)),
+        "twice": [*good, member(f"public/{keyid}.pub", real_key["pub"])],
+        "not listed": [*good, member("private/" + "0" * 64 + ".key", b"x")],
+        "size": _replace(good, f"public/{keyid}.pub", member(f"public/{keyid}.pub", b"short")),
+        "dotdot": [*good, member("private/../../etc/x", b"x")],
+        "absolute": [*good, member("/etc/x", b"x")],
+        "dir for a file": _replace(good, f"public/{keyid}.pub",
+                                   member(f"public/{keyid}.pub", type=tarfile.DIRTYPE)),
+        "manifest later": [*good[1:], good[0]],
+        "empty name": [*good, member("./", b"x")],
+    }
+
+    def outcome(source):
+        try:
+            c = read_tar(source, what="the archive", keep=lambda n: n.endswith((".key", ".pub")))
+        except ArchiveError as e:
+            return "refused", str(e)
+        return sorted(c.files.items()), sorted(c.dirs), c.ignored, c.manifest
+
+    for name, members in variants.items():
+        raw = ustar_of(members)
+        assert _plain_ustar(raw) is not None, name  # the fast reader took it
+        assert outcome(raw) == outcome(io.BufferedReader(io.BytesIO(raw))), name
+    assert outcome(ustar_of(good))[0] != "refused"
+    # Anything else goes to tarfile: links, GNU headers, a bad checksum, a cut-off archive.
+    raw = ustar_of(good)
+    for other in (ustar_of([*good, member("l", type=tarfile.SYMTYPE, linkname="x")]),
+                  tar_of(good), raw[:148] + b"0000000\0" + raw[156:], raw[:700]):
+        assert _plain_ustar(other) is None

@@ -214,7 +214,10 @@ def _names_in(home: Path) -> set[str]:
 
 def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
     """Write `files` (names relative to the home) all or nothing: staged in the home, made
-    durable, then renamed into place (public keys first). Files 0600, directories 0700."""
+    durable, then renamed into place (public keys first). Files 0600, directories 0700.
+
+    A key directory that is empty (a restore into a new home) is replaced by its staged copy
+    in one rename, atomically, instead of one rename per file (10,000 keys: 20,000 renames)."""
     created: list[Path] = []
     staging: str | None = None
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -229,9 +232,15 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
             else:
                 ensure_private_dir(directory)  # made, or tightened, before anything is staged
         staging = tempfile.mkdtemp(prefix=".hsmsign-restore-", dir=home)
-        staged: list[tuple[str, str]] = []  # plain strings: thousands of files
+        groups: dict[str, list[tuple[str, str]]] = {}  # key dir -> (staged, target); strings
         for n, (name, data) in enumerate(sorted(files.items()), 1):
-            tmp = os.path.join(staging, name.replace("/", "_"))
+            directory, base = name.split("/", 1)
+            staged_dir = os.path.join(staging, directory)
+            if directory not in groups:
+                os.mkdir(staged_dir, 0o700)
+                os.chmod(staged_dir, 0o700)  # whatever the umask: it may become the key dir
+                groups[directory] = []
+            tmp = os.path.join(staged_dir, base)
             fd = os.open(tmp, flags, PRIVATE_FILE_MODE)
             try:
                 view = memoryview(data)
@@ -239,16 +248,21 @@ def _commit(home: Path, files: dict[str, bytes], progress: Progress) -> None:
                     view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
-            staged.append((tmp, os.path.join(home, name)))
+            groups[directory].append((tmp, os.path.join(home, name)))
             progress("Writing key files", n, len(files))
-        sync_files(staging, [tmp for tmp, _ in staged])
-        directories = {os.path.dirname(target) for _, target in staged}
-        staged.sort(key=lambda pair: (os.path.basename(os.path.dirname(pair[1])) != "public",
-                                      pair[1]))
-        for tmp, target in staged:
-            os.replace(tmp, target)
-        for directory in directories:
-            fsync_dir(Path(directory))
+        sync_files(staging, [tmp for staged in groups.values() for tmp, _ in staged])
+        for directory in sorted(groups, key=lambda d: (d != "public", d)):
+            target_dir = os.path.join(home, directory)
+            if not os.listdir(target_dir):
+                try:
+                    os.rename(os.path.join(staging, directory), target_dir)  # replaces it
+                    continue
+                except OSError as e:  # a file appeared in it meanwhile: one by one
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+            for tmp, target in groups[directory]:
+                os.replace(tmp, target)
+            fsync_dir(Path(target_dir))
     except BaseException as e:
         # Undo: the staging area and every directory this restore created.
         if staging is not None:

@@ -157,7 +157,11 @@ def read_tar(source: bytes | Any, *, what: str, keep: Any = None) -> TarContents
     """
     contents = TarContents()
     raw = source if isinstance(source, bytes) else None
+    plain = _plain_ustar(raw) if raw is not None else None
     try:
+        if plain is not None:  # as hsmsign writes it: the same checks, headers read faster
+            _read_members(plain, contents, what, keep, raw)
+            return _with_manifest(contents)
         # In memory: random access ("r:"); a decompressing stream: strictly forward ("r|").
         fileobj, mode = (io.BytesIO(raw), "r:") if raw is not None else (source, "r|")
         with tarfile.open(fileobj=fileobj, mode=mode, bufsize=tarfile.RECORDSIZE) as tar:
@@ -166,9 +170,89 @@ def read_tar(source: bytes | Any, *, what: str, keep: Any = None) -> TarContents
         raise ArchiveError(f"{what} is not a valid tar archive ({e})") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise ArchiveError(f"{what} is truncated or corrupt ({e or type(e).__name__})") from None
+    return _with_manifest(contents)
+
+
+def _with_manifest(contents: TarContents) -> TarContents:
     if MANIFEST_NAME in contents.files and contents.manifest is None:
         contents.manifest = parse_manifest(contents.files[MANIFEST_NAME])
     return contents
+
+
+class _Header:
+    """What `_read_members` reads of a `tarfile.TarInfo`."""
+
+    __slots__ = ("name", "type", "size", "offset_data")
+
+    def __init__(self, name: str, type_: bytes, size: int, offset_data: int):
+        self.name, self.type, self.size, self.offset_data = name, type_, size, offset_data
+
+    def isdir(self) -> bool:
+        return self.type == tarfile.DIRTYPE
+
+    def issparse(self) -> bool:
+        return False
+
+
+class _HeaderList:
+    """The headers of a plain USTAR tar, handed out as `TarFile.next()` does."""
+
+    def __init__(self, headers: list[_Header]):
+        self._next = iter(headers).__next__
+
+    def next(self) -> _Header | None:
+        try:
+            return self._next()
+        except StopIteration:
+            return None
+
+
+_USTAR_MAGIC = b"ustar\x0000"
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
+
+
+def _octal(field: bytes) -> int:
+    """A numeric header field as tarfile reads it (octal up to the first NUL)."""
+    return int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+
+
+def _plain_ustar(raw: bytes) -> _HeaderList | None:
+    """The headers of `raw` when it is the plainest tar, as hsmsign writes it: POSIX USTAR
+    headers with a good checksum, regular files and directories only, no name prefix, no
+    base-256 numbers, closed by a zero block. tarfile spends ~25 us on each header (10,000
+    keys: 20,000 of them); this ~3 us. For anything else None: tarfile reads it, and says
+    what is wrong. Either way `_read_members` makes every check."""
+    headers: list[_Header] = []
+    offset = 0
+    while True:
+        block = raw[offset:offset + tarfile.BLOCKSIZE]
+        if len(block) < tarfile.BLOCKSIZE or len(headers) > MAX_MEMBERS:
+            return None
+        if block == _ZERO_BLOCK:
+            return _HeaderList(headers) if headers else None
+        type_ = block[156:157]
+        if (block[257:265] != _USTAR_MAGIC or type_ not in _PLAIN_TYPES
+                or block[345:500].strip(b"\0") or block[124] & 0x80):
+            return None
+        try:
+            for start, end in ((100, 108), (108, 116), (116, 124), (136, 148)):
+                _octal(block[start:end])  # mode, uid, gid, mtime: tarfile refuses garbage
+            size = _octal(block[124:136])
+            checksum = _octal(block[148:156])
+        except ValueError:
+            return None
+        if checksum != 256 + sum(block[:148]) + sum(block[156:]) or size < 0:
+            return None
+        name = block[:100].split(b"\0", 1)[0].decode(tarfile.ENCODING, "surrogateescape")
+        if type_ == tarfile.AREGTYPE and name.endswith("/"):
+            type_ = tarfile.DIRTYPE  # as tarfile reads an old-style directory
+        if type_ == tarfile.DIRTYPE:
+            if size:
+                return None
+            name = name.rstrip("/")
+        headers.append(_Header(name, type_, size, offset + tarfile.BLOCKSIZE))
+        offset += tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def _read_members(tar: tarfile.TarFile, contents: TarContents, what: str, keep: Any,
