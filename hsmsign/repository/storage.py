@@ -33,6 +33,7 @@ from hsmsign.repository.layout import (
 )
 from hsmsign.repository.staging import StagingArea
 from hsmsign.repository.targets import TargetUpload
+from hsmsign.repository.verification import check_references, check_signatures
 from hsmsign.signing import SigningReport, SigningService, valid_signers
 
 
@@ -68,6 +69,7 @@ class RepositoryStorage(Repository):
         self._from_staged: set[str] = set()  # roles read from staged/
         self._dropped: set[str] = set()  # staged roles whose delegation this command removed
         self._staged_files: dict | None = None
+        self._keys_checked: dict[str, set[str]] = {}  # role -> keys checked when it was read
         self._bumped: set[str] = set()  # roles given a new version by this command
         self._uploads: list[TargetUpload] = []
         self._targets_infos: dict[str, MetaFile] = {}
@@ -183,16 +185,21 @@ class RepositoryStorage(Repository):
     def _check_signatures(self, role: str, md: Metadata) -> None:
         """Every signature by a key of the role must verify: a bad one means the file changed."""
         keys, _ = self.role_keys(role, md if role == "root" else None)
-        data = md.signed_bytes
-        good = set(valid_signers(md, keys, data))
-        bad = [k for k in md.signatures if k in keys and k not in good]
-        if bad:
-            where = (f"; discard it with `hsmsign stage discard REPO {role}`"
-                     if role in self._from_staged else "; restore it")
-            raise RepositoryError(
-                f"{role} metadata v{md.signed.version} has a signature by {bad[0][:7]} that does "
-                f"not verify: the file was changed after it was signed{where}"
-            )
+        self.check_role_signatures(role, md, keys)
+        self._keys_checked[role] = set(keys)
+
+    def check_role_signatures(self, role: str, md: Metadata, keys: dict[str, Key]) -> None:
+        """`verification.check_signatures` on `role`'s file, wherever it was read from."""
+        if role in self._from_staged:
+            path, remedy = (self.staged_files()[role].path,
+                            f"discard it with `hsmsign stage discard REPO {role}`")
+        else:
+            path, remedy = self.metadata_dir / metadata_filename(role, md.signed.version), "restore it"
+        check_signatures(path, role, md, keys, remedy)
+
+    def keys_checked(self, role: str) -> set[str]:
+        """The key IDs whose signatures on `role`'s metadata were checked when it was read."""
+        return self._keys_checked.get(role, set())
 
     def open(self, role: str) -> Metadata:
         if role not in self._cache:
@@ -349,6 +356,9 @@ class RepositoryStorage(Repository):
         Returns the metadata/ file names written; `outcome` says the rest."""
         from hsmsign.repository.publication import settle
 
+        if self._pending:
+            # Nothing is written that would vouch for (or sit beside) metadata changed by hand.
+            check_references(self, set(self._pending))
         ensure_public_dir(self.metadata_dir)
         for upload in self._uploads:
             ensure_public_dir(upload.destination.parent)

@@ -1,5 +1,7 @@
 """Checking a repository as a TUF client would, and saying who must still sign what.
 
+`check_signatures` is the one check of a role's signatures against its delegator's keys;
+reading a file uses it, and so does `check_references`, run by every write before it writes.
 `verify` feeds the files on disk, in the order a client fetches them, to python-tuf's own
 client-side validator (`TrustedMetadataSet`, what `ngclient.Updater` uses), starting from
 `1.root.json` or a root the user trusts. `status` reads without judging: versions, expiry,
@@ -11,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from securesystemslib.signer import Key
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
@@ -46,6 +50,52 @@ def _explain(role: str, error: Exception) -> str:
     if isinstance(error, tuf_errors.RepositoryError):
         return f"{role} metadata does not verify: {error}"
     return f"{role} metadata cannot be read: {error}"
+
+
+def check_signatures(path: Path, role: str, md: Metadata, keys: dict[str, Key],
+                     remedy: str = "restore it") -> set[str]:
+    """The key IDs of `keys` whose signatures on `md` verify. A signature by one of `keys`
+    that does not verify means the signed part changed after it was signed: an error naming
+    the file, whatever the other signatures say (a client would drop that signature)."""
+    good = set(valid_signers(md, keys))
+    bad = sorted(k for k in md.signatures if k in keys and k not in good)
+    if bad:
+        raise RepositoryError(
+            f"{path} ({role} v{md.signed.version}) has a signature by {bad[0][:7]} that does not "
+            f"verify: the file was changed after it was signed; {remedy}"
+        )
+    return good
+
+
+def check_references(repo: HsmsignRepository, signed_here: set[str]) -> None:
+    """Before a command writes: every role the repository will reference after it (root,
+    timestamp, snapshot, and each role the snapshot lists and a delegator still delegates)
+    that this command did not sign itself is read and checked against its delegator's keys
+    as they will be published. A new snapshot or timestamp must never vouch for a file that
+    was changed by hand (issue 13); what this command signed was checked as it was signed,
+    so a large targets file just signed is not verified twice.
+
+    Reading a role (`RepositoryStorage.open`) already checks its type, the version snapshot
+    or timestamp gives, and its signatures; what is left is a signature by a key the delegator
+    added in this command. Thresholds are not judged here: a role read from `staged/` is short
+    of its threshold by design, and what goes into `metadata/` is judged, thresholds included,
+    by `publication` with python-tuf's validator. This check holds where that one lets a write
+    through: a repository that did not verify before the command (as a tampered one does not),
+    and roles that are not below the ones written (`repo refresh --role timestamp`).
+    """
+    snapshot = repo.open("snapshot").signed
+    parents = repo.parents()  # reads (and so checks) every role reachable from targets
+    listed = [name[: -len(".json")] for name in snapshot.meta] if snapshot.version else []
+    for role in ["root", "timestamp", "snapshot",
+                 *(r for r in listed if r == "targets" or r in parents)]:
+        if role in signed_here:
+            continue
+        md = repo.open(role)
+        keys, _ = repo.role_keys(role, md if role == "root" else None)
+        checked = repo.keys_checked(role)
+        unchecked = {k: key for k, key in keys.items() if k not in checked and k in md.signatures}
+        if unchecked:
+            repo.check_role_signatures(role, md, unchecked)
 
 
 @dataclass
