@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from securesystemslib.signer import SSlibKey
 
 TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
+ONLINE_ROLES = TOP_LEVEL_ROLES[1:]  # the top-level roles whose keys sign without a ceremony
 DEFAULT_ALGORITHM = "ecdsa-p256"
 KEYID_PREFIX_MIN = 7
 
@@ -192,7 +193,7 @@ class KeyRecord:
     role: str
     gun: str | None
     algorithm: str
-    store: str  # "file", "token" or "yubikey"
+    store: str  # a keystore.base.StoreKind ("file", "token", "yubikey"), a str like its value
     location: str  # file path, or "<token label> (serial ...)"
 
     def to_json(self) -> dict:

@@ -11,8 +11,10 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
-from hsmsign.errors import HsmsignError
+from hsmsign.errors import HsmsignError, SecretUnavailable, WrongPassphrase
 from hsmsign.keys import is_top_level
+
+__all__ = ["Prompter", "SecretPrompt", "SecretUnavailable", "Secrets", "passphrase_variables"]
 
 MIN_PASSPHRASE_LENGTH = 8
 PROMPT_ATTEMPTS = 3
@@ -37,13 +39,27 @@ class Prompter(Protocol):
 T = TypeVar("T")
 
 
-class SecretUnavailable(HsmsignError):
-    """No environment variable and no terminal to ask on."""
+class SecretPrompt(str):
+    """A prompt that says which secret it asks for, for prompters that answer without reading
+    it (a securesystemslib secrets handler is asked for a "pin" or a "passphrase"). A prompt
+    that is a plain `str` asks for a passphrase."""
+
+    kind: str
+
+    def __new__(cls, text: str, kind: str) -> SecretPrompt:
+        prompt = super().__new__(cls, text)
+        prompt.kind = kind
+        return prompt
+
+
+def secret_kind(prompt: str) -> str:
+    """"pin" or "passphrase": what `prompt` asks for."""
+    return prompt.kind if isinstance(prompt, SecretPrompt) else "passphrase"
 
 
 def passphrase_variables(role: str) -> list[str]:
     """Environment variables that may hold the passphrase of `role`'s keys, first wins."""
-    if role in ("root", "targets", "snapshot", "timestamp"):
+    if is_top_level(role):
         kind = role.upper()
     else:
         kind = "DELEGATION"
@@ -135,7 +151,7 @@ class Secrets:
                     continue
             hint = (f"{PROMPT_ATTEMPTS} tries; run the command again" if where == "prompt"
                     else f"check {where}")
-            raise HsmsignError(f"wrong passphrase for {what}; {hint}")
+            raise WrongPassphrase(f"wrong passphrase for {what}; {hint}")
 
     def new_passphrase(self, role: str, *, purpose: str = "") -> str:
         """A passphrase to protect a new key of `role` (asked twice at a prompt)."""
@@ -208,7 +224,8 @@ class Secrets:
         variables = variables or ["HSMSIGN_PIN"]
         value = self._from_env(variables)
         if value is None:
-            value = self._ask(f"Enter PIN for token {token}: ", variables=variables)
+            value = self._ask(SecretPrompt(f"Enter PIN for token {token}: ", "pin"),
+                              variables=variables)
         self._pins[token] = value
         return value
 

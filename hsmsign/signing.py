@@ -8,18 +8,17 @@ Any python-tuf based tool can sign with them (`Metadata.sign(signer, append=True
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from functools import cached_property
 from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
 from securesystemslib.signer import (
     SIGNER_FOR_URI_SCHEME,
-    CryptoSigner,
     Key,
     SecretsHandler,
     Signature,
@@ -30,88 +29,39 @@ from securesystemslib.signer import (
 from hsmsign.config import load_token_config, resolve_home
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import key_id, load_public_key_pem, tuf_key
-from hsmsign.keystore.file import FileKeyStore
+from hsmsign.keystore.signers import (  # noqa: F401 - the signers, importable from here as before
+    FileSigner,
+    HardwareSigner,
+    TokenSigner,
+    YubiKeySigner,
+)
 from hsmsign.keystore.stores import KeyStores
-from hsmsign.secrets import Secrets
+from hsmsign.secrets import Secrets, secret_kind
 
 if TYPE_CHECKING:
     from tuf.api.metadata import Metadata
 
+logger = logging.getLogger(__name__)
+
 URI_SCHEME = "hsmsign"
-
-
-class HardwareSigner(Signer):
-    """Signs inside a hardware store (a PKCS#11 token, a YubiKey): the private key stays there."""
-
-    def __init__(self, store, keyid: str, public_key: Key | None = None):
-        self.store = store
-        self.keyid = keyid
-        self._public_key = public_key or tuf_key(store.public_key(keyid))
-
-    @property
-    def public_key(self) -> Key:
-        return self._public_key
-
-    def sign(self, payload: bytes) -> Signature:
-        return Signature(self._public_key.keyid, self.store.sign(self.keyid, payload).hex())
-
-    @classmethod
-    def from_priv_key_uri(cls, priv_key_uri, public_key, secrets_handler=None):  # pragma: no cover
-        return HsmsignSigner.from_priv_key_uri(priv_key_uri, public_key, secrets_handler)
-
-
-class TokenSigner(HardwareSigner):
-    """Signs on a PKCS#11 token; the store's one logged-in session is reused."""
-
-
-class YubiKeySigner(HardwareSigner):
-    """Signs in a YubiKey PIV slot: the PIN is asked once per process, the touch prompt goes
-    to the CLI through the store's `notify`."""
-
-
-class FileSigner(Signer):
-    """Signs with an encrypted key file, decrypted on first use and kept for the process."""
-
-    def __init__(self, store: FileKeyStore, keyid: str, public_key: Key | None = None):
-        self.store = store
-        self.keyid = keyid
-        self._public_key = public_key or tuf_key(store.public_key(keyid))
-        self._signer: CryptoSigner | None = None
-
-    @property
-    def public_key(self) -> Key:
-        return self._public_key
-
-    def sign(self, payload: bytes) -> Signature:
-        if self._signer is None:
-            self._signer = CryptoSigner(self.store.private_key(self.keyid), self._public_key)
-        return self._signer.sign(payload)
-
-    @classmethod
-    def from_priv_key_uri(cls, priv_key_uri, public_key, secrets_handler=None):  # pragma: no cover
-        return HsmsignSigner.from_priv_key_uri(priv_key_uri, public_key, secrets_handler)
 
 
 def signer_for(stores: KeyStores, keyid: str, public_key: Key | None = None) -> Signer:
     """A signer for `keyid` from the best store that holds it (a token before a file)."""
     record = stores.locate(keyid)[0]
+    store = stores.store_of(record)
     if public_key is not None and public_key.keyid != keyid:
         raise HsmsignError(f"public key {public_key.keyid} does not belong to key {keyid}")
-    if public_key is not None and not _same_key(
-            public_key, tuf_key(stores.store_of(record).public_key(keyid))):
+    if public_key is not None and not _same_public_material(
+            public_key, tuf_key(store.public_key(keyid))):
         # Else every signature would fail to verify against the key the caller will check with.
         raise HsmsignError(f"the public key given for {keyid} is not that key's public key "
                            "(its key ID matches, its key material does not)")
-    if record.store == "kms":
-        return stores.kms.signer(keyid, public_key)
-    if record.store == "yubikey":
-        return YubiKeySigner(stores.yubikey, keyid, public_key)
-    if record.store == "token":
-        return TokenSigner(stores.token, keyid, public_key)
-    return FileSigner(stores.files, keyid, public_key)
+    logger.debug("key %s signs from the %s store (%s)", keyid[:7], record.store, record.location)
+    return store.signer(keyid, public_key)
 
 
-def _same_key(a: Key, b: Key) -> bool:
+def _same_public_material(a: Key, b: Key) -> bool:
     """The same public key material, however its PEM is written (key types and schemes have
     more than one name: "ecdsa" and the older "ecdsa-sha2-nistp256")."""
     def material(key: Key) -> str:
@@ -135,7 +85,7 @@ class _HandlerPrompter:
         self.handler = handler
 
     def ask_secret(self, prompt: str) -> str:
-        return self.handler("pin" if prompt.lstrip().startswith("Enter PIN ") else "passphrase")
+        return self.handler(secret_kind(prompt))
 
     def tell(self, message: str) -> None:
         pass
@@ -214,16 +164,63 @@ def valid_signers(md: Metadata, keys: dict[str, Key], data: bytes | None = None)
     return valid
 
 
-class _ParsedKey(SSlibKey):
-    """An SSlibKey that parses its public key once: securesystemslib verifies through
-    `_crypto_key()`, which parses the PEM on every call (~10 us of a ~85 us check)."""
+class _ParsedKeyCheck:
+    """Checks signatures of one TUF key with its public key parsed once.
 
-    @cached_property
-    def _parsed(self):
-        return super()._crypto_key()
+    `SSlibKey.verify_signature` parses the key's PEM on every call (~10 us of a ~85 us check)
+    and securesystemslib has no public way to keep the parsed key (no upstream issue found);
+    for the schemes hsmsign makes, this verifies with the `cryptography` key it parsed itself,
+    with the hash and padding securesystemslib uses, and leaves every other key to
+    `verify_signature`.
+    """
 
-    def _crypto_key(self):
-        return self._parsed
+    def __init__(self, key: SSlibKey):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        self.key = key
+        self._verify = None
+        try:
+            if key.keytype == "ed25519" and key.scheme == "ed25519":
+                public = ed25519.Ed25519PublicKey.from_public_bytes(
+                    bytes.fromhex(key.keyval["public"]))
+                self._verify = public.verify
+            elif key.keytype == "ecdsa" and key.scheme in _ECDSA_CURVES:
+                curve, hash_type = _ECDSA_CURVES[key.scheme]
+                public = load_pem_public_key(key.keyval["public"].encode())
+                if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == curve:
+                    ecdsa = ec.ECDSA(hash_type())
+                    self._verify = lambda signature, data: public.verify(signature, data, ecdsa)
+            elif key.keytype == "rsa" and key.scheme == "rsassa-pss-sha256":
+                public = load_pem_public_key(key.keyval["public"].encode())
+                if isinstance(public, rsa.RSAPublicKey):
+                    sha256 = hashes.SHA256()
+                    pss = padding.PSS(mgf=padding.MGF1(sha256), salt_length=padding.PSS.AUTO)
+                    self._verify = lambda signature, data: public.verify(signature, data, pss,
+                                                                         sha256)
+        except (KeyError, ValueError, TypeError):
+            self._verify = None  # securesystemslib's own check reports the bad key
+
+    def verify_signature(self, signature: Signature, data: bytes) -> None:
+        """Nothing, or an exception when `signature` is not `key`'s over `data`."""
+        if self._verify is None:
+            return self.key.verify_signature(signature, data)
+        if signature.keyid != self.key.keyid:
+            raise HsmsignError(f"signature by {signature.keyid}, not {self.key.keyid}")
+        self._verify(bytes.fromhex(signature.signature), data)
+        return None
+
+
+def _ecdsa_curves() -> dict:
+    from cryptography.hazmat.primitives import hashes
+
+    return {"ecdsa-sha2-nistp256": ("secp256r1", hashes.SHA256),
+            "ecdsa-sha2-nistp384": ("secp384r1", hashes.SHA384),
+            "ecdsa-sha2-nistp521": ("secp521r1", hashes.SHA512)}
+
+
+_ECDSA_CURVES = _ecdsa_curves()
 
 
 def _data(plan: _Plan) -> bytes:
@@ -262,7 +259,7 @@ class SigningService:
         # `signer(keyid, public_key)`); a key held here signs here.
         self.remote = remote
         self._signers: dict[str, Signer] = {}
-        self._checkers: dict[str, Key] = {}
+        self._checkers: dict[str, _ParsedKeyCheck] = {}
         self._local: set[str] | None = None
         self._here: set[str] | None = None
         self.warnings: list[str] = []  # why keys may be missing here (an absent token)
@@ -328,14 +325,13 @@ class SigningService:
             plan.report.valid = [k for k in sorted(plan.counted) if k in plan.verified]
         return [plan.report for plan in plans]
 
-    def _checker(self, key: Key) -> Key:
-        """`key`, for checking new signatures, with its public key parsed once per process."""
+    def _checker(self, key: Key) -> Key | _ParsedKeyCheck:
+        """What checks new signatures of `key`: its public key parsed once per process."""
         if type(key) is not SSlibKey:
             return key
         checker = self._checkers.get(key.keyid)
-        if checker is None or checker != key:
-            checker = _ParsedKey(key.keyid, key.keytype, key.scheme, key.keyval,
-                                 key.unrecognized_fields)
+        if checker is None or checker.key != key:
+            checker = _ParsedKeyCheck(key)
             self._checkers[key.keyid] = checker
         return checker
 

@@ -18,7 +18,7 @@ from hsmsign.ceremony.preflight import pin_variables
 from hsmsign.ceremony.transcript import Transcript
 from hsmsign.ceremony.ui import CeremonyAborted, CeremonyUI
 from hsmsign.config import YUBIKEYS_ONLY, TokenConfig, load_token_config
-from hsmsign.errors import HsmsignError
+from hsmsign.errors import HsmsignError, WrongPin
 from hsmsign.keys import algorithm
 from hsmsign.keystore.stores import KeyStores
 from hsmsign.secrets import Secrets
@@ -160,7 +160,7 @@ class Custodians:
                 return
             except HsmsignError as e:
                 # Ask again only for a typed PIN: a wrong PIN from the environment stays wrong.
-                if not typed or "wrong PIN" not in str(e) or attempt == 2:
+                if not typed or not isinstance(e, WrongPin) or attempt == 2:
                     raise
                 self.ui.screen("Wrong PIN", [("token", label), ("what happened", str(e))])
 

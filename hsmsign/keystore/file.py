@@ -20,26 +20,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hsmsign import pkcs8
-from hsmsign.errors import HsmsignError, NotFound
+from hsmsign.errors import HsmsignError, KeyNotFound
 from hsmsign.config import ensure_home
 from hsmsign.fsutil import (atomic_write, ensure_private_dir, fsync_dir, read_no_follow,
                             read_small_file)
 from hsmsign.keys import (
+    ONLINE_ROLES,
+    Algorithm,
     KeyRecord,
     algorithm_of,
+    generate_private_key,
     is_top_level,
     key_id,
     notary_key_id,
     load_public_key_pem,
     public_key_pem,
 )
+from hsmsign.keystore.base import KeyStore, Listing, StoreContext, StoreKind
 from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+    from securesystemslib.signer import Key, Signer
 
 KDF_ITERATIONS = 600_000
-STORE = "file"
+STORE = StoreKind.FILE
 
 
 class KeyFileFault(enum.Enum):
@@ -72,7 +77,7 @@ class KeyFiles:
     public: bytes | None  # None: not written yet (it is, from the private key, on first use)
 
 
-class FileKeyStore:
+class FileKeyStore(KeyStore):
     """Keys in `<home>/private`, each decrypted at most once per process."""
 
     kind = STORE
@@ -84,6 +89,54 @@ class FileKeyStore:
         self.secrets = secrets
         self.kdf_iterations = kdf_iterations
         self._unlocked: dict[str, PrivateKeyTypes] = {}
+
+    @classmethod
+    def for_home(cls, context: StoreContext) -> FileKeyStore:
+        if context.kdf_iterations is None:
+            return cls(context.home, context.secrets)
+        return cls(context.home, context.secrets, kdf_iterations=context.kdf_iterations)
+
+    # -- the KeyStore interface: a home always has its files -----------------------------
+
+    def enabled(self) -> bool:
+        return True
+
+    def is_present(self) -> bool:
+        return True
+
+    def require_present(self) -> None:
+        return None
+
+    def listing(self) -> Listing:
+        return Listing(keys=self.list_keys())
+
+    def generate(self, role: str, alg: Algorithm, options=None, *,
+                 gun: str | None = None) -> KeyRecord:
+        """A new software key, encrypted under the role's new passphrase (asked first)."""
+        passphrase = self.secrets.new_passphrase(role)
+        return self.add(generate_private_key(alg), role, gun, passphrase)
+
+    def import_key(self, key: PrivateKeyTypes, role: str, options=None, *,
+                   gun: str | None = None, passphrase: str | None = None) -> KeyRecord:
+        if passphrase is None:
+            passphrase = self.secrets.new_passphrase(role)
+        return self.add(key, role, gun, passphrase)
+
+    def signer(self, keyid: str, public_key: Key | None = None) -> Signer:
+        from hsmsign.keystore.signers import FileSigner  # securesystemslib: only to sign
+
+        return FileSigner(self, keyid, public_key)
+
+    def close(self) -> None:
+        return None  # decrypted keys stay for the process, as the passphrase does
+
+    def reason_asked(self) -> str:
+        return "asked for a file key"
+
+    def reason_auto_root(self, file_option: str) -> str | None:
+        return ("no hardware token is configured and present (set HSMSIGN_PKCS11_MODULE "
+                "and HSMSIGN_TOKEN_LABEL, or plug in a YubiKey); the root key is in an "
+                "encrypted file instead")
 
     # -- reading -----------------------------------------------------------------------
 
@@ -104,13 +157,13 @@ class FileKeyStore:
         try:
             block = pkcs8.read_private_key_pem(path.read_bytes())
         except FileNotFoundError:
-            raise NotFound(f"no key file for {keyid}") from None
+            raise KeyNotFound(f"no key file for {keyid}") from None
         except pkcs8.KeyFormatError as e:
             raise HsmsignError(f"key file {path} is corrupt ({e}); restore it from a backup") from None
         headers = {k.lower(): v for k, v in block.headers.items()}
         try:
             alg = algorithm_of(self.public_key(keyid)).name
-        except NotFound:
+        except KeyNotFound:
             alg = "unknown"
         return KeyRecord(
             keyid=keyid,
@@ -162,7 +215,7 @@ class FileKeyStore:
         try:
             return load_public_key_pem((self.public_dir / f"{keyid}.pub").read_bytes())
         except FileNotFoundError:
-            raise NotFound(f"no public key file for {keyid}") from None
+            raise KeyNotFound(f"no public key file for {keyid}") from None
 
     def private_key(self, keyid: str) -> PrivateKeyTypes:
         """Decrypt a key with its role's passphrase (asked once per process)."""
@@ -230,7 +283,7 @@ class FileKeyStore:
     def remove(self, keyid: str) -> None:
         path = self.key_path(keyid)
         if not path.exists():
-            raise NotFound(f"no key file for {keyid}")
+            raise KeyNotFound(f"no key file for {keyid}")
         path.unlink()
         (self.public_dir / f"{keyid}.pub").unlink(missing_ok=True)
         fsync_dir(self.private_dir)
@@ -239,7 +292,7 @@ class FileKeyStore:
     def notary_export(self, keyid: str) -> bytes:
         """The key as notary / `docker trust key load` reads it, under the same passphrase."""
         record = self.record(keyid)
-        if record.role in ("targets", "snapshot", "timestamp") and not record.gun:
+        if record.role in ONLINE_ROLES and not record.gun:
             raise HsmsignError(
                 f"notary and docker load a {record.role} key only with its GUN, and this key has "
                 "none; import it again with --gun (e.g. docker.io/org/app)"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hsmsign.config import ensure_home
-from hsmsign.errors import HsmsignError, NotFound
+from hsmsign.errors import HsmsignError, KeyNotFound
 from hsmsign.fsutil import atomic_write
 from hsmsign.keys import (
     Algorithm,
@@ -34,6 +34,7 @@ from hsmsign.keys import (
     public_key_pem,
     tuf_key,
 )
+from hsmsign.keystore.base import KeyStore, Listing, StoreContext, StoreKind
 
 from securesystemslib.signer import Key, Signature, Signer
 
@@ -53,7 +54,7 @@ from hsmsign.keystore.kms_errors import (  # the errors: importable from here to
 
 logger = logging.getLogger(__name__)
 
-STORE = "kms"
+STORE = StoreKind.KMS
 RECORDS = "kms.json"
 MIN_DELETION_DAYS, MAX_DELETION_DAYS = 7, 30  # AWS KMS's pending window
 
@@ -76,10 +77,26 @@ def service_of(uri: str) -> Service:
     return SERVICES[scheme]
 
 
-class KmsKeyStore:
+class KmsKeyStore(KeyStore):
     """The KMS keys this home knows, by their records."""
 
     kind = STORE
+
+    @classmethod
+    def for_home(cls, context: StoreContext) -> KmsKeyStore:
+        return cls(context.home)  # cloud KMS keys, by their records (no service contacted)
+
+    def enabled(self) -> bool:
+        return True  # a home without kms.json simply has no KMS keys
+
+    def listing(self) -> Listing:
+        return Listing(keys=self.list_keys())
+
+    def reason_asked(self) -> str:
+        return "asked for a KMS key"
+
+    def reason_auto_root(self, file_option: str) -> str | None:
+        return None  # a KMS key is made only when asked for
 
     def __init__(self, home: Path):
         self.home = home
@@ -116,7 +133,7 @@ class KmsKeyStore:
         try:
             return self._load()[keyid]
         except KeyError:
-            raise NotFound(f"key {keyid} is not a KMS key of this home") from None
+            raise KeyNotFound(f"key {keyid} is not a KMS key of this home") from None
 
     def record(self, keyid: str) -> KeyRecord:
         entry = self._entry(keyid)
@@ -225,7 +242,7 @@ class KmsKeyStore:
         """Forget the record (the key stays in the service; see `schedule_deletion`)."""
         records = dict(self._load())
         if keyid not in records:
-            raise NotFound(f"key {keyid} is not a KMS key of this home")
+            raise KeyNotFound(f"key {keyid} is not a KMS key of this home")
         del records[keyid]
         self._save(records)
         self._signers.pop(keyid, None)
@@ -255,7 +272,8 @@ class KmsKeyStore:
                                      "was changed")
             client.schedule_key_deletion(KeyId=target, PendingWindowInDays=days)
 
-    def import_key(self, *_args, **_kwargs):
+    def import_key(self, key, role: str, options=None, *, gun: str | None = None,
+                   passphrase: str | None = None) -> KeyRecord:
         raise HsmsignError("a private key cannot be put into a KMS: KMS keys are made there "
                            "(`key generate --store kms`) and registered (`key add-uri`); rotate "
                            "to a new key instead of moving one")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hsmsign.config import TokenConfig
-from hsmsign.errors import HsmsignError
+from hsmsign.errors import HsmsignError, PinLocked, SeveralTokens, TokenAbsent, WrongPin
 from hsmsign.keys import Algorithm, KeyRecord, algorithm_of, key_id
 from hsmsign.keystore.pkcs11_objects import (
     EC_HASH,
@@ -38,18 +38,21 @@ from hsmsign.keystore.pkcs11_tokens import (  # list_tokens, remote_address: imp
     module_place,
     pin_refusal,
     pin_tries_hint,
+    pin_tries_left,
     present_slots,
     remote_address,
     token_gone,
     token_text,
 )
+from hsmsign.keystore.base import Listing, StoreContext, StoreKind
 from hsmsign.keystore.scanned import ScannedStore
 from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+    from securesystemslib.signer import Key, Signer
 
-STORE = "token"
+STORE = StoreKind.TOKEN
 CKA_ID_LENGTH = 16
 
 
@@ -91,6 +94,57 @@ class Pkcs11KeyStore(ScannedStore):
         self._keys: dict[str, _TokenKey] | None = None
         self._signing_functions: dict[str, Any] = {}  # keyid -> signing function (logged-in session)
 
+    @classmethod
+    def for_home(cls, context: StoreContext) -> Pkcs11KeyStore:
+        return cls(context.token_config, context.secrets, force=context.force, home=context.home)
+
+    # -- the KeyStore interface ----------------------------------------------------------
+
+    def enabled(self) -> bool:
+        """A module is configured, or found in a well-known place (and tokens are not off)."""
+        return bool(self.config.candidate_modules())
+
+    def listing(self) -> Listing:
+        """The token's keys; a token the user configured that is absent is a warning."""
+        try:
+            if self.config.explicit or self.enabled():
+                if self.is_present():
+                    return Listing(keys=self.list_keys())
+                if self.config.explicit:
+                    self.require_present()  # raises the precise reason
+        except TokenError as e:
+            return Listing(keys=[], warnings=[f"token keys not listed: {e}"])
+        return Listing(keys=[])
+
+    def import_key(self, key: PrivateKeyTypes, role: str, options=None, *,
+                   gun: str | None = None, passphrase: str | None = None) -> KeyRecord:
+        """`import_private` (a token keeps no GUN and needs no passphrase)."""
+        return self.import_private(key, role)
+
+    def signer(self, keyid: str, public_key: Key | None = None) -> Signer:
+        from hsmsign.keystore.signers import TokenSigner  # securesystemslib: only to sign
+
+        return TokenSigner(self, keyid, public_key)
+
+    def reason_asked(self) -> str:
+        self.require_present()
+        return "asked for a token key"
+
+    def reason_auto_root(self, file_option: str) -> str | None:
+        if not self.enabled():
+            return None
+        try:
+            self.require_present()
+        except TokenError as e:
+            # A token the user named, or several to choose from: never a silent file.
+            if self.config.explicit or isinstance(e, SeveralTokens):
+                raise type(e)(f"{e}; or pass {file_option} to keep the root key in a file") from None
+            return None
+        why = f"a PKCS#11 token is present: {self.token_name}"
+        if "softhsm" in self.module.lower():
+            why += " (SoftHSM keeps keys in files: right for tests, not for a production root)"
+        return why
+
     # -- finding the token -------------------------------------------------------------
 
     def _find_slot(self):
@@ -106,7 +160,7 @@ class Pkcs11KeyStore(ScannedStore):
                 continue
             if len(slots) > 1:
                 labels = ", ".join(token_text(s.get_token().label) for s in slots)
-                raise TokenError(
+                raise SeveralTokens(
                     f"several tokens present ({labels}); choose one with HSMSIGN_TOKEN_LABEL "
                     "or HSMSIGN_TOKEN_SERIAL"
                 )
@@ -116,12 +170,12 @@ class Pkcs11KeyStore(ScannedStore):
             if self.config.module:
                 break
         if not self.config.candidate_modules():
-            raise TokenError("no PKCS#11 module configured or found; set HSMSIGN_PKCS11_MODULE")
+            raise TokenAbsent("no PKCS#11 module configured or found; set HSMSIGN_PKCS11_MODULE")
         wanted = (f"with label {self.config.label!r}" if self.config.label
                   else f"with serial {self.config.serial!r}" if self.config.serial else "")
         where = (module_place(self.config.module) if self.config.module
                  else ", ".join(self.config.candidate_modules()))
-        raise TokenError(
+        raise TokenAbsent(
             f"no token {wanted} is present in {where}; plug it in, or check "
             "HSMSIGN_TOKEN_LABEL / `hsmsign token list`".replace("  ", " ")
         )
@@ -218,10 +272,11 @@ class Pkcs11KeyStore(ScannedStore):
                 session = token.open(rw=self._rw(token), user_pin=pin)
         except pkcs11.PinIncorrect:
             self.secrets.forget_pin(name)
-            hint = pin_tries_hint(int(self._token().flags))
-            raise HsmsignError(f"wrong PIN for token {name}; {hint}") from None
+            flags = int(self._token().flags)
+            raise WrongPin(f"wrong PIN for token {name}; {pin_tries_hint(flags)}",
+                           attempts_remaining=pin_tries_left(flags)) from None
         except pkcs11.PinLocked:
-            raise HsmsignError(
+            raise PinLocked(
                 f"the user PIN of token {name} is locked; unblock it with the SO PIN"
             ) from None
         except pkcs11.PinLenRange:
@@ -312,8 +367,10 @@ class Pkcs11KeyStore(ScannedStore):
             )
 
     @_guarded("generating a key")
-    def generate(self, role: str, alg: Algorithm) -> KeyRecord:
-        """A new key pair made inside the token; the private half never leaves it."""
+    def generate(self, role: str, alg: Algorithm, options=None, *,
+                 gun: str | None = None) -> KeyRecord:
+        """A new key pair made inside the token; the private half never leaves it (a token
+        keeps no GUN, and has no options)."""
         from pkcs11 import Attribute, KeyType, Mechanism
         from pkcs11.util.ec import encode_named_curve_parameters
 

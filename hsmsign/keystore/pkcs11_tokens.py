@@ -9,15 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsmsign.config import TokenConfig
-from hsmsign.errors import HsmsignError
-
-
-class TokenError(HsmsignError):
-    """The module or token cannot be used as configured."""
-
-
-class PinPolicyError(HsmsignError):
-    """hsmsign refused to spend a PIN try."""
+from hsmsign.errors import (  # TokenError, PinPolicyError: importable from here as before
+    PinPolicyError,
+    TokenError,
+)
 
 
 def load_module(path: str):
@@ -172,6 +167,18 @@ def pin_refusal(flags: int, token: str, force: bool) -> str | None:
     if flags & TokenFlag.USER_PIN_FINAL_TRY and not force:
         return (f"token {token} has one PIN try left and a wrong PIN would lock it; "
                 "re-run with --force if you are sure of the PIN")
+    return None
+
+
+def pin_tries_left(flags: int) -> int | None:
+    """The tries left as far as the token's flags tell: 0 locked, 1 final try, else unknown
+    (PKCS#11 has no counter, only "count low")."""
+    from pkcs11 import TokenFlag
+
+    if flags & TokenFlag.USER_PIN_LOCKED:
+        return 0
+    if flags & TokenFlag.USER_PIN_FINAL_TRY:
+        return 1
     return None
 
 

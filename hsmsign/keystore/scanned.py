@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from hsmsign.errors import NotFound
+from hsmsign.errors import KeyNotFound
 from hsmsign.keys import KeyRecord
+from hsmsign.keystore.base import KeyStore
 
 
-class ScannedStore:
+class ScannedStore(KeyStore):
     """`_scan()` maps key ID -> an entry with `.record` and `.public_key`; `_missing(keyid)`
     says where the key was looked for."""
 
@@ -32,4 +33,4 @@ class ScannedStore:
         try:
             return self._scan()[keyid]
         except KeyError:
-            raise NotFound(self._missing(keyid)) from None
+            raise KeyNotFound(self._missing(keyid)) from None

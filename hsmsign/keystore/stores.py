@@ -1,31 +1,45 @@
-"""All the stores of one home together: listing, lookup by key ID, and store preference.
+"""All the stores of one home together: a registry of store kinds, listing, lookup by key ID,
+and store preference.
 
 Hardware comes first: `auto` puts root on a YubiKey when one is plugged in, else on a token when
 one is present, and when the same key is in several stores, a YubiKey (its PIV route) signs
-before a PKCS#11 token, and a token before a file.
+before a PKCS#11 token, and a token before a file. That order is `STORE_FOR_KIND`'s.
+
+Adding a kind of store is one module (a `KeyStore` subclass, keystore/base.py) and one line in
+`STORE_FOR_KIND`, at its place in the preference (and its `StoreKind` value); see
+docs/architecture.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 
 from hsmsign.config import TokenConfig
-from hsmsign.errors import HsmsignError, NotFound
-from hsmsign.keys import KEYID_PREFIX_MIN, Algorithm, KeyRecord, generate_private_key
+from hsmsign.errors import HsmsignError, KeyNotFound, NotFound  # noqa: F401 - NotFound as before
+from hsmsign.keys import KEYID_PREFIX_MIN, Algorithm, KeyRecord
+from hsmsign.keystore.base import KeyStore, Listing, StoreContext, StoreKind
 from hsmsign.keystore.file import FileKeyStore
 from hsmsign.keystore.kms import KmsKeyStore, KmsOptions
 from hsmsign.keystore.pkcs11 import Pkcs11KeyStore, TokenError
-from hsmsign.keystore.yubikey import YubiKeyError, YubiKeyOptions, YubiKeyStore
+from hsmsign.keystore.yubikey import YubiKeyOptions, YubiKeyStore
 from hsmsign.secrets import Secrets
 
-STORE_CHOICES = ("auto", "file", "token", "yubikey", "kms")
+logger = logging.getLogger(__name__)
 
+# The registry, as securesystemslib's SIGNER_FOR_URI_SCHEME: kind -> store class. Its order is
+# the store preference, written here only: which store signs when several hold a key, and
+# which store `--store auto` offers a new root key to first.
+STORE_FOR_KIND: dict[StoreKind, type[KeyStore]] = {
+    StoreKind.YUBIKEY: YubiKeyStore,
+    StoreKind.TOKEN: Pkcs11KeyStore,
+    StoreKind.KMS: KmsKeyStore,
+    StoreKind.FILE: FileKeyStore,
+}
 
-@dataclass
-class Listing:
-    keys: list[KeyRecord]
-    warnings: list[str] = field(default_factory=list)
+STORE_CHOICES = ("auto", *(kind.value for kind in StoreKind))
+
+__all__ = ["STORE_CHOICES", "STORE_FOR_KIND", "KeyStores", "Listing"]
 
 
 class KeyStores:
@@ -34,28 +48,57 @@ class KeyStores:
                  notify=None, yubikey_devices=None):
         self.home = home
         self.secrets = secrets
-        self.files = (FileKeyStore(home, secrets) if kdf_iterations is None
-                      else FileKeyStore(home, secrets, kdf_iterations=kdf_iterations))
         self.token_config = token_config
-        self.token = Pkcs11KeyStore(token_config, secrets, force=force, home=home)
-        # YubiKeys through PIV; `notify` carries the touch prompt and warnings to the CLI.
-        if notify is None and secrets.prompter is not None:
-            notify = secrets.prompter.tell
-        self.yubikey = YubiKeyStore(secrets, home=home, force=force, devices=yubikey_devices,
-                                    notify=notify)
-        self.kms = KmsKeyStore(home)  # cloud KMS keys, by their records (no service contacted)
+        context = StoreContext(home, secrets, token_config, force=force,
+                               kdf_iterations=kdf_iterations, notify=notify,
+                               yubikey_devices=yubikey_devices)
+        # In preference order; one store of every registered kind, opened lazily by each.
+        self.stores: dict[StoreKind, KeyStore] = {
+            kind: cls.for_home(context) for kind, cls in STORE_FOR_KIND.items()}
+
+    def store(self, kind: StoreKind | str) -> KeyStore:
+        """The store of `kind` (a StoreKind or its value)."""
+        return self.stores[StoreKind(kind)]
+
+    # The stores by their old names, for the code that needs what only one kind does.
+    @property
+    def files(self) -> FileKeyStore:
+        return self.stores[StoreKind.FILE]  # type: ignore[return-value]
+
+    @property
+    def token(self) -> Pkcs11KeyStore:
+        return self.stores[StoreKind.TOKEN]  # type: ignore[return-value]
+
+    @property
+    def yubikey(self) -> YubiKeyStore:
+        return self.stores[StoreKind.YUBIKEY]  # type: ignore[return-value]
+
+    @property
+    def kms(self) -> KmsKeyStore:
+        return self.stores[StoreKind.KMS]  # type: ignore[return-value]
 
     def close(self) -> None:
-        self.token.close()
-        self.kms.close()
+        for store in self.stores.values():
+            store.close()
 
     # -- which stores can be used ------------------------------------------------------
 
+    def available(self, kind: StoreKind | str) -> bool:
+        """The store of `kind` is used by this home and can be reached now."""
+        store = self.store(kind)
+        return store.enabled() and store.is_present()
+
     def token_available(self) -> bool:
         """A token is configured (or found in a well-known module) and present."""
-        if not self.token_config.candidate_modules():
-            return False
-        return self.token.is_present()
+        return self.available(StoreKind.TOKEN)
+
+    def yubikey_available(self) -> bool:
+        """A YubiKey is plugged in (and tokens are not switched off for this home)."""
+        return self.available(StoreKind.YUBIKEY)
+
+    def usable_stores(self) -> list[KeyStore]:
+        """The stores that can be used now, in preference order (files always can)."""
+        return [store for kind, store in self.stores.items() if self.available(kind)]
 
     def configured_token_problem(self) -> str | None:
         """Why the token the user configured (module, label or serial) cannot be used, or None.
@@ -79,44 +122,28 @@ class KeyStores:
                 return f" (key {keyid[:7]} is on YubiKey {serial}: plug it in)"
         return ""
 
-    def yubikey_available(self) -> bool:
-        """A YubiKey is plugged in (and tokens are not switched off for this home)."""
-        return (self.token_config.enabled and self.token_config.yubikeys
-                and self.yubikey.is_present())
-
-    def hardware_stores(self) -> list:
-        yubikeys = [self.yubikey] if self.yubikey_available() else []
-        return [*yubikeys, *([self.token] if self.token_available() else [])]
-
     # -- listing and lookup ------------------------------------------------------------
 
     def list_keys(self, *, files: bool = True) -> Listing:
-        """Every key of every store, and warnings for stores that could not be read; without
-        `files`, the other stores' only (a backup has just read the key files itself)."""
-        listing = Listing(keys=[*(self.files.list_keys() if files else []),
-                                *self.kms.list_keys()])
-        try:
-            if self.token_config.explicit or self.token_config.candidate_modules():
-                if self.token.is_present():
-                    listing.keys.extend(self.token.list_keys())
-                elif self.token_config.explicit:
-                    self.token.require_present()  # raises the precise reason
-        except TokenError as e:
-            listing.warnings.append(f"token keys not listed: {e}")
-        try:
-            if self.yubikey_available():
-                listing.keys.extend(self.yubikey.list_keys())
-                listing.warnings.extend(self.yubikey.warnings)
-        except YubiKeyError as e:
-            listing.warnings.append(f"YubiKey keys not listed: {e}")
+        """Every key of every store (files first, as `key list` has always shown them), and
+        warnings for stores that could not be read; without `files`, the other stores' only
+        (a backup has just read the key files itself)."""
+        listing = Listing(keys=[])
+        for store in reversed(self.stores.values()):
+            if store.kind is StoreKind.FILE and not files:
+                continue
+            part = store.listing()
+            listing.keys.extend(part.keys)
+            listing.warnings.extend(part.warnings)
         return listing
 
     def all_keyids(self) -> set[str]:
-        ids = set(self.files.keyids()) | set(self.kms.keyids())
-        if self.token_available():
-            ids.update(self.token.keyids())
-        if self.yubikey_available():
-            ids.update(self.yubikey.keyids())
+        ids: set[str] = set()
+        # Files first, then each store as it is found usable: the order matters to a YubiKey
+        # that ykcs11 (the token) and PIV both reach.
+        for kind, store in reversed(self.stores.items()):
+            if self.available(kind):
+                ids.update(store.keyids())
         return ids
 
     def resolve(self, keyid_or_prefix: str) -> str:
@@ -131,7 +158,7 @@ class KeyStores:
             )
         matches = sorted(k for k in ids if k.startswith(wanted))
         if not matches:
-            raise NotFound(f"no key matches {keyid_or_prefix!r}; see `hsmsign key list`")
+            raise KeyNotFound(f"no key matches {keyid_or_prefix!r}; see `hsmsign key list`")
         if len(matches) > 1:
             raise HsmsignError(
                 f"key ID {keyid_or_prefix!r} is ambiguous: {', '.join(matches)}; give more characters"
@@ -139,21 +166,17 @@ class KeyStores:
         return matches[0]
 
     def locate(self, keyid: str) -> list[KeyRecord]:
-        """Every store holding `keyid`, hardware first."""
+        """Every store holding `keyid`, in preference order (hardware first)."""
         found = []
-        for store in (*self.hardware_stores(), self.kms, self.files):
+        for store in self.usable_stores():
             if keyid in store.keyids():
                 found.append(store.record(keyid))
         if not found:
-            raise NotFound(f"no key {keyid} in any store; see `hsmsign key list`")
+            raise KeyNotFound(f"no key {keyid} in any store; see `hsmsign key list`")
         return found
 
-    def store_of(self, record: KeyRecord):
-        if record.store == "yubikey":
-            return self.yubikey
-        if record.store == "kms":
-            return self.kms
-        return self.token if record.store == "token" else self.files
+    def store_of(self, record: KeyRecord) -> KeyStore:
+        return self.store(record.store)
 
     def public_key(self, keyid: str):
         record = self.locate(keyid)[0]
@@ -162,68 +185,39 @@ class KeyStores:
     # -- changes -----------------------------------------------------------------------
 
     def choose_store(self, role: str, store: str, *,
-                     file_option: str = "--store file") -> tuple[str, str]:
+                     file_option: str = "--store file") -> tuple[StoreKind, str]:
         """The store a new key of `role` goes to, and why (for the user); `file_option` is
         how the command the user ran asks for a file key instead."""
-        if store == "file":
-            return "file", "asked for a file key"
-        if store == "token":
-            self.token.require_present()
-            return "token", "asked for a token key"
-        if store == "yubikey":
-            self.yubikey.require_present()
-            return "yubikey", f"asked for a YubiKey key: {self.yubikey.describe()}"
-        if store == "kms":
-            return "kms", "asked for a KMS key"
         if store != "auto":
-            raise HsmsignError(f"unknown store {store!r}; choose one of {', '.join(STORE_CHOICES)}")
+            if store not in STORE_CHOICES:
+                raise HsmsignError(f"unknown store {store!r}; choose one of {', '.join(STORE_CHOICES)}")
+            kind = StoreKind(store)
+            return kind, self.store(kind).reason_asked()
         if role != "root":
-            return "file", f"{role} keys are online keys and live in files unless --store token"
-        if self.yubikey_available():
-            self.yubikey.require_present()  # several YubiKeys and no --serial: never a guess
-            return "yubikey", f"a YubiKey is plugged in: {self.yubikey.describe()}"
-        if self.token_config.candidate_modules():
-            try:
-                self.token.require_present()
-            except TokenError as e:
-                # A token the user named, or several to choose from: never a silent file.
-                if self.token_config.explicit or "several tokens" in str(e):
-                    raise TokenError(f"{e}; or pass {file_option} to keep the root key in a file") from None
-            else:
-                why = f"a PKCS#11 token is present: {self.token.token_name}"
-                if "softhsm" in self.token.module.lower():
-                    why += " (SoftHSM keeps keys in files: right for tests, not for a production root)"
-                return "token", why
-        return "file", ("no hardware token is configured and present (set HSMSIGN_PKCS11_MODULE "
-                        "and HSMSIGN_TOKEN_LABEL, or plug in a YubiKey); the root key is in an "
-                        "encrypted file instead")
+            return StoreKind.FILE, f"{role} keys are online keys and live in files unless --store token"
+        for kind, candidate in self.stores.items():  # in preference order
+            why = candidate.reason_auto_root(file_option)
+            if why is not None:
+                logger.info("store auto: a new root key goes to the %s store (%s)", kind, why)
+                return kind, why
+        raise HsmsignError("no store takes a new root key")  # pragma: no cover - files always do
 
     def generate(self, role: str, gun: str | None, alg: Algorithm, store: str, *,
                  yubikey: YubiKeyOptions | None = None,
                  file_option: str = "--store file",
                  kms: KmsOptions | None = None) -> tuple[KeyRecord, str]:
         where, why = self.choose_store(role, store, file_option=file_option)
-        if kms is not None and where != "kms":
+        if kms is not None and where is not StoreKind.KMS:
             raise HsmsignError("--kms applies to KMS keys: add --store kms")
-        if where == "kms":
-            return self.kms.generate(role, alg, kms, gun=gun), why
-        if where == "yubikey":
-            return self.yubikey.generate(role, alg, yubikey or YubiKeyOptions()), why
-        if yubikey is not None:
+        if yubikey is not None and where not in (StoreKind.YUBIKEY, StoreKind.KMS):
             raise HsmsignError(f"--slot, --touch and --pin-policy apply to YubiKey keys; this "
                                f"{role} key would go to the {where} store ({why})")
-        if where == "token":
-            return self.token.generate(role, alg), why
-        passphrase = self.secrets.new_passphrase(role)
-        return self.files.add(generate_private_key(alg), role, gun, passphrase), why
+        options = kms if where is StoreKind.KMS else yubikey
+        return self.store(where).generate(role, alg, options, gun=gun), why
 
     def add_private(self, key, role: str, gun: str | None, store: str, passphrase: str | None) -> KeyRecord:
         """Store an imported software key (`passphrase` protects it when it goes to a file)."""
-        if store == "token":
-            return self.token.import_private(key, role)
-        if passphrase is None:
-            passphrase = self.secrets.new_passphrase(role)
-        return self.files.add(key, role, gun, passphrase)
+        return self.store(store).import_key(key, role, gun=gun, passphrase=passphrase)
 
     def remove(self, keyid: str) -> list[KeyRecord]:
         removed = self.locate(keyid)

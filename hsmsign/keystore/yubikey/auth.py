@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hsmsign.errors import HsmsignError
+from hsmsign.errors import HsmsignError, PinLocked, PinPolicyError, WrongPin
 from hsmsign.keystore.pcsc import YubiKeyError
-from hsmsign.keystore.pkcs11 import PinPolicyError
 from hsmsign.keystore.yubikey.device import Found
 from hsmsign.secrets import Secrets
 
@@ -112,9 +111,9 @@ class Authenticator:
         """Refuse before a VERIFY that could block the PIN; spends no try."""
         refuse_risky_try(
             piv.get_pin_attempts(), force=self.force,
-            blocked=PinPolicyError(f"the PIN of YubiKey {found.serial} is blocked; unblock it "
-                                   "with the PUK (`ykman piv access unblock-pin`) or reset the "
-                                   "PIV application (`hsmsign token reset`)"),
+            blocked=PinLocked(f"the PIN of YubiKey {found.serial} is blocked; unblock it "
+                              "with the PUK (`ykman piv access unblock-pin`) or reset the "
+                              "PIV application (`hsmsign token reset`)"),
             one_left=f"YubiKey {found.serial} has one PIN try left and a wrong PIN would block "
                      "it; re-run with --force if you are sure of the PIN")
 
@@ -132,8 +131,9 @@ class Authenticator:
             piv.verify_pin(pin)
         except InvalidPinError as e:
             self.secrets.forget_pin(name)
-            raise YubiKeyError(f"wrong PIN for YubiKey {found.serial}; "
-                               f"{tries_left(e.attempts_remaining, 'PIN')}") from None
+            raise WrongPin(f"wrong PIN for YubiKey {found.serial}; "
+                           f"{tries_left(e.attempts_remaining, 'PIN')}",
+                           attempts_remaining=e.attempts_remaining) from None
         if pin == FACTORY_PIN:
             self.warn_defaults(piv, found, pin=pin)
         return pin

@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING
 
 from hsmsign.keystore.pcsc import YubiKeyError
+from hsmsign.errors import WrongPin
 from hsmsign.keystore.yubikey.auth import (
     FACTORY_PIN,
     FACTORY_PUK,
@@ -70,9 +71,9 @@ def setup(store: YubiKeyStore) -> list[str]:
         try:
             piv.change_puk(old_puk, new_puk)
         except InvalidPinError as e:
-            raise YubiKeyError(f"wrong PUK for YubiKey {found.serial}; "
-                               f"{tries_left(e.attempts_remaining, 'PUK')}; nothing was "
-                               "changed") from None
+            raise WrongPin(f"wrong PUK for YubiKey {found.serial}; "
+                           f"{tries_left(e.attempts_remaining, 'PUK')}; nothing was "
+                           "changed", attempts_remaining=e.attempts_remaining) from None
         done.append("PUK changed")
         try:
             pivman_change_pin(piv, old_pin, new_pin)

@@ -15,10 +15,11 @@ from typing import Any
 
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import KeyRecord, algorithm_of, key_id
+from hsmsign.keystore.base import StoreKind
 from hsmsign.keystore.pcsc import YubiKeyError
 from hsmsign.keystore.yubikey.device import Found
 
-STORE = "yubikey"
+STORE = StoreKind.YUBIKEY
 DEFAULT_SLOT = "9c"
 CN_RE = re.compile(r"^hsmsign (?P<role>\S+) (?P<keyid>[0-9a-f]{16})$")
 CERT_NOT_AFTER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)  # RFC 5280: no expiry

@@ -22,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import Algorithm, KeyRecord, key_id
+from hsmsign.keystore.base import Listing, StoreContext
 from hsmsign.keystore.pcsc import YubiKeyError, pid_for
 from hsmsign.keystore.scanned import ScannedStore
 from hsmsign.keystore.yubikey import provisioning
@@ -55,6 +57,9 @@ from hsmsign.keystore.yubikey.slots import (
 )
 from hsmsign.secrets import Secrets
 
+if TYPE_CHECKING:
+    from securesystemslib.signer import Signer
+
 TOUCH_CACHE_SECONDS = 15
 
 
@@ -72,7 +77,7 @@ class YubiKeyInfo:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data["kind"] = "yubikey"
+        data["kind"] = STORE
         data["label"] = f"YubiKey {self.serial}"
         return data
 
@@ -81,6 +86,7 @@ class YubiKeyStore(ScannedStore):
     """Every YubiKey plugged in; keys are found by their TUF key ID on whichever holds them."""
 
     kind = STORE
+    switched_on = True  # False when the home's configuration turns YubiKeys off (`for_home`)
 
     def __init__(self, secrets: Secrets, *, home: Path | None = None, force: bool = False,
                  serial: int | str | None = None,
@@ -96,6 +102,53 @@ class YubiKeyStore(ScannedStore):
         self.remembered = YubiKeyRecord(home)
         self._keys: dict[str, SlotKey] | None = None
         self._last_touch: dict[int, float] = {}
+
+    @classmethod
+    def for_home(cls, context: StoreContext) -> YubiKeyStore:
+        # `notify` carries the touch prompt and warnings to the CLI.
+        notify = context.notify
+        if notify is None and context.secrets.prompter is not None:
+            notify = context.secrets.prompter.tell
+        store = cls(context.secrets, home=context.home, force=context.force,
+                    devices=context.yubikey_devices, notify=notify)
+        store.switched_on = context.token_config.enabled and context.token_config.yubikeys
+        return store
+
+    # -- the KeyStore interface ----------------------------------------------------------
+
+    def enabled(self) -> bool:
+        return self.switched_on
+
+    def listing(self) -> Listing:
+        try:
+            if self.enabled() and self.is_present():
+                return Listing(keys=self.list_keys(), warnings=list(self.warnings))
+        except YubiKeyError as e:
+            return Listing(keys=[], warnings=[f"YubiKey keys not listed: {e}"])
+        return Listing(keys=[])
+
+    def import_key(self, key, role: str, options: YubiKeyOptions | None = None, *,
+                   gun: str | None = None, passphrase: str | None = None) -> KeyRecord:
+        """`import_private` (a slot keeps no GUN and needs no passphrase)."""
+        return self.import_private(key, role, options or YubiKeyOptions())
+
+    def signer(self, keyid: str, public_key=None) -> Signer:
+        from hsmsign.keystore.signers import YubiKeySigner  # securesystemslib: only to sign
+
+        return YubiKeySigner(self, keyid, public_key)
+
+    def close(self) -> None:
+        return None  # every operation opens the card and releases it
+
+    def reason_asked(self) -> str:
+        self.require_present()
+        return f"asked for a YubiKey key: {self.describe()}"
+
+    def reason_auto_root(self, file_option: str) -> str | None:
+        if not (self.enabled() and self.is_present()):
+            return None
+        self.require_present()  # several YubiKeys and no --serial: never a guess
+        return f"a YubiKey is plugged in: {self.describe()}"
 
     @property
     def serial(self) -> int | None:
@@ -250,11 +303,13 @@ class YubiKeyStore(ScannedStore):
                                f"{what}; choose another slot (`key generate --slot`), or, only if "
                                "that key is in use nowhere, replace it with --force")
 
-    def generate(self, role: str, alg: Algorithm, options: YubiKeyOptions = YubiKeyOptions()
-                 ) -> KeyRecord:
-        """A key pair generated on the YubiKey; the private key never exists anywhere else."""
+    def generate(self, role: str, alg: Algorithm, options: YubiKeyOptions | None = None, *,
+                 gun: str | None = None) -> KeyRecord:
+        """A key pair generated on the YubiKey; the private key never exists anywhere else (a
+        slot keeps no GUN)."""
         from yubikit.piv import SLOT
 
+        options = options or YubiKeyOptions()
         self.remembered.check_home()  # before the device: a key must not be made that cannot be recorded
         found = self.target()
         key_type = key_type_for(alg, found)
