@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -449,15 +450,29 @@ def test_rotate_root_stages_the_new_root_when_old_custodians_sign_another_day(th
         assert not (repo / "metadata" / "2.root.json").exists()
         cli("repo", "verify", str(repo))
         updater(repo, server, client).refresh()
-        # Another day: Bob signs with his own home and token, and the new root is published.
-        bob = Cli(tmp_path / "bob", three.env(HSMSIGN_TOKEN_LABEL="bob", HSMSIGN_PIN=PIN))
-        assert "wrote metadata/2.root.json" in bob("sign", str(repo), "root").stderr
+        assert "still staged" in cli.fails("ceremony", "verify-transcript", result["transcript"],
+                                           str(repo)).error_lines[0]
+        # Another day: Carol, who leaves, signs a copy with her old key on her own machine.
+        usb = tmp_path / "usb"
+        usb.mkdir()
+        cli("stage", "export", str(repo), "root", "-o", str(usb))
+        shutil.copy(repo / "metadata" / "1.root.json", usb / "1.root.json")
+        carol = Cli(tmp_path / "carol", three.env(HSMSIGN_TOKEN_LABEL="carol", HSMSIGN_PIN=PIN))
+        out = carol("sign", "--file", str(usb / "2.root.json"))
+        assert "signs with --previous ROOT_FILE" in out.stderr
+        out = carol("sign", "--file", str(usb / "2.root.json"), "--previous", str(usb / "1.root.json"))
+        assert "carry it back" in out.stderr
+        assert "wrote metadata/2.root.json" in cli("stage", "merge", str(repo),
+                                                   str(usb / "2.root.json")).stderr
         assert not (repo / "staged" / "2.root.json").exists()
         cli("repo", "verify", str(repo))
         updater(repo, server, client).refresh()
         assert json.loads((client / "metadata" / "root.json").read_text())["signed"]["version"] == 2
     finally:
         server.close()
+    out = json.loads(cli("ceremony", "verify-transcript", result["transcript"], str(repo),
+                         "--json").stdout)
+    assert out["threshold"] == 2 and len(out["signed_by"]) == 2
 
 
 def test_transcript_option_writes_the_record_where_asked(three, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,30 @@ def test_stale_staging_is_marked_and_refused_at_publish(repo, custodians, tmp_pa
     error = owner.fails("publish", str(path)).error_lines[0]
     assert "staged root is stale" in error and "stage discard" in error
     assert tree_digest(path) == before
+    owner("repo", "verify", str(path))
+
+
+def test_expired_staging_is_marked_and_refused_at_publish(repo, tmp_path):
+    owner, path = repo
+    config = json.loads((path / "hsmsign.json").read_text())
+    config["expires"]["delegation"] = 1 / 86400  # a delegated role's versions live one second
+    (path / "hsmsign.json").write_text(json.dumps(config))
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsmsign.keys import public_key_pem
+
+    pem = tmp_path / "far.pub"  # a key on someone else's machine
+    pem.write_bytes(public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    owner("delegation", "add", str(path), "far", "--key", str(pem))
+    time.sleep(1.5)
+    assert "expired on" in staged(owner, path)["far"]["stale"]
+    assert "STALE: it expired" in owner("stage", "list", str(path)).stdout
+    before = tree_digest(path)
+    error = owner.fails("publish", str(path)).error_lines[0]
+    assert "staged far is stale (it expired on" in error
+    assert tree_digest(path) == before
+    owner("stage", "discard", str(path))
+    assert staged(owner, path) == {} and not list((path / "staged").iterdir())
     owner("repo", "verify", str(path))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hsmsign.ceremony.frame import Ceremony
 from hsmsign.ceremony.preflight import library_versions, require_offline, require_secrets
+from hsmsign.ceremony.verification import signed_sha256
 from hsmsign.config import NO_TOKEN
 from hsmsign.errors import HsmsignError
 from hsmsign.fsutil import sha256_file
@@ -168,8 +169,10 @@ class RootRotation(Ceremony):
             *((t.label, f"{len(t.signed)}/{t.threshold}; needs {t.missing} more from: "
                         f"{', '.join(k[:16] for k in t.unsigned)}") for t in checks if not t.met),
         ])
+        staged_file = self.repo / "staged" / name
         self.transcript.record("staged", {
-            "metadata_sha256": {name: sha256_file(self.repo / "staged" / name)}, "needs": needs})
+            "metadata_sha256": {name: sha256_file(staged_file)},
+            "signed_sha256": {name: signed_sha256(staged_file.read_bytes())}, "needs": needs})
         self.sign_transcript(version)
         self.write_attestations()
         transcript = self.write_transcript(

@@ -40,6 +40,15 @@ def verify_transcript(path: Path, repo: Path) -> dict:
         raise HsmsignError("the transcript has no 'complete' entry: the ceremony did not finish")
     root_version = int(complete["data"].get("root_version", 1))
     root_name = f"{root_version}.root.json"
+    staged = next((e for e in transcript.entries if e["step"] == "staged"), None)
+    for name, digest in (staged["data"].get("signed_sha256", {}) if staged else {}).items():
+        # A rotation whose new root was staged for custodians signing on other days.
+        published = repository.metadata_dir / name
+        if not published.exists():
+            raise HsmsignError(f"{name} is still staged, not published: the remaining custodians "
+                               "must sign it first (`hsmsign stage list`)")
+        if signed_sha256(published.read_bytes()) != digest:
+            raise HsmsignError(f"metadata/{name} is not the root the ceremony staged")
     root = repository.read_file(root_name, "root")
     keys, threshold = repository.role_keys("root", root)
     signed_by = transcript.check_signatures(keys, threshold)

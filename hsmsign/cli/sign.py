@@ -65,8 +65,10 @@ def _sign_file(app, file, role, previous, only) -> None:
         app.note(f"signed {file} ({report.role} v{report.version}) with: {here}; "
                  "carry it back for `hsmsign stage merge`")
     else:
+        hint = ("; a key of the root before it signs with --previous ROOT_FILE"
+                if report.role == "root" and previous is None else "")
         app.note(f"no key here signs {report.role} v{report.version} in {file} "
-                 f"(already signed, or none of its keys is here); nothing changed")
+                 f"(already signed, or none of its keys is here{hint}); nothing changed")
     app.note(f"{report.role} v{report.version}: {len(report.valid)} valid signature(s) by its "
              f"keys: {', '.join(k[:7] for k in report.valid) or 'none'}")
 
