@@ -133,6 +133,9 @@ class SigningReport:
     authorized: list[str]  # key IDs whose signatures count
     signed_here: list[str] = field(default_factory=list)  # signatures added by this process
     valid: list[str] = field(default_factory=list)  # every valid signature of an authorized key
+    # The canonical bytes that were signed, when they were computed (the repository checks
+    # thresholds on them without canonicalising a 100,000-target role again).
+    payload: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def missing(self) -> int:
@@ -323,6 +326,7 @@ class SigningService:
                 plan.verified.add(keyid)
         for plan in plans:
             plan.report.valid = [k for k in sorted(plan.counted) if k in plan.verified]
+            plan.report.payload = plan.data
         return [plan.report for plan in plans]
 
     def _checker(self, key: Key) -> Key | _ParsedKeyCheck:

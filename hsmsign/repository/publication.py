@@ -48,11 +48,16 @@ def settle(repo) -> None:
     pending = {role: md for role, md in repo._pending.items() if repo.role_exists(role)}
     repo._dropped.update(set(repo._pending) - set(pending))
     repo.staging.remove(repo._dropped)
-    checks = {role: role_thresholds(repo, role, md) for role, md in pending.items()}
-    incomplete = {role for role, c in checks.items() if not complete(c)}
+    after = _thresholds_after_writing(repo, pending)
+    incomplete = {role for role, c in after.items() if not complete(c)}
     if not incomplete:
-        _publish(repo, pending, strict=True)
+        # A new root changes whose keys count for every role: the client's own check of the
+        # whole chain then (root files are small). Otherwise each file was checked above
+        # against its delegator as it will be, on the bytes just signed.
+        _publish(repo, pending, strict=True, client_check="root" in pending)
         return
+    # Who must sign, as the staged change will be judged (its own delegators included).
+    checks = {role: role_thresholds(repo, role, md) for role, md in pending.items()}
     if not _verifies(repo):
         # metadata/ did not verify before this command (a repository being made, or one an
         # older hsmsign left half-signed): written there as before staging existed.
@@ -70,7 +75,7 @@ def settle(repo) -> None:
         if role in pending:
             ready[role] = pending[role]
     rest = {r: md for r, md in pending.items() if r not in ready}
-    if ready and _publish(repo, ready, strict=False):
+    if ready and _publish(repo, ready, strict=False, client_check=True):
         _stage(repo, rest, checks)
     else:
         _stage(repo, pending, checks)
@@ -238,9 +243,35 @@ def _verifies(repo) -> bool:
     return True
 
 
-def _publish(repo, files: dict[str, Metadata], *, strict: bool) -> bool:
-    """Write `files` into metadata/ if metadata/ then verifies as a client would. Not strict:
-    False when it would not. Strict: an error, unless metadata/ did not verify before."""
+def _thresholds_after_writing(repo, files: dict[str, Metadata]) -> dict[str, list[Threshold]]:
+    """Each file's thresholds (python-tuf's verification) against its delegator as metadata/
+    will hold it once `files` are written: one of `files`, else the published one."""
+    published = _published_view(repo)
+    parents = repo.parents()
+    out = {}
+    for role, md in files.items():
+        payload = repo.payloads.get(role) if role in repo.reports else None
+        if role == "root":
+            out[role] = role_thresholds(repo, role, md)
+            continue
+        parent = "root" if role in ("targets", "snapshot", "timestamp") else parents.get(role)
+        if parent is None:
+            out[role] = [Threshold(role, 1, [], [])]
+            continue
+        if parent in files:
+            delegator = files[parent]
+        elif parent not in repo._from_staged:
+            delegator = repo.open(parent)  # read from metadata/ already, as published
+        else:
+            delegator = published.open(parent)
+        out[role] = thresholds(repo, role, md, delegator=delegator.signed, payload=payload)
+    return out
+
+
+def _publish(repo, files: dict[str, Metadata], *, strict: bool, client_check: bool) -> bool:
+    """Write `files` into metadata/; with `client_check`, only if metadata/ then verifies as
+    a client would. Not strict: False when it would not. Strict: an error, unless metadata/
+    did not verify before."""
     for role in files:
         if role in repo._from_staged:
             reason = stale(repo, role, files[role])
@@ -256,7 +287,8 @@ def _publish(repo, files: dict[str, Metadata], *, strict: bool) -> bool:
             role = parents[role]
             needed.add(role)
     try:
-        verify(repo, overlay=overlay, only=needed.__contains__)
+        if client_check:
+            verify(repo, overlay=overlay, only=needed.__contains__)
     except RepositoryError as e:
         if not strict:
             return False

@@ -68,6 +68,7 @@ class RepositoryStorage(Repository):
         self._pending: dict[str, Metadata] = {}  # role -> metadata this command changed
         self._from_staged: set[str] = set()  # roles read from staged/
         self._dropped: set[str] = set()  # staged roles whose delegation this command removed
+        self.payloads: dict[str, bytes | None] = {}  # role -> canonical bytes signed last
         self._staged_files: dict | None = None
         self._keys_checked: dict[str, set[str]] = {}  # role -> keys checked when it was read
         self._bumped: set[str] = set()  # roles given a new version by this command
@@ -308,6 +309,7 @@ class RepositoryStorage(Repository):
         else:
             report = self._service().sign(md, role, keys, threshold)
         self.reports[role] = report
+        self.payloads[role] = report.payload
         return report
 
     def sign_current(self, role: str) -> SigningReport:

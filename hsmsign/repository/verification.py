@@ -233,17 +233,24 @@ class Threshold:
 
 
 def thresholds(repo: HsmsignRepository, role: str, md: Metadata,
-               previous_root: Root | None = None) -> list[Threshold]:
-    """`role`'s thresholds for `md`: against its delegator as `repo` reads it now, and for a
-    new root also against the root before it (`previous_root`)."""
-    payload = md.signed_bytes
+               previous_root: Root | None = None, *, delegator=None,
+               payload: bytes | None = None) -> list[Threshold]:
+    """`role`'s thresholds for `md` by python-tuf's own verification: against `delegator`
+    (default: the delegator as `repo` reads it now), and for a new root also against the root
+    before it (`previous_root`). `payload`: `md.signed_bytes`, when already at hand. A
+    delegator that does not delegate `role` meets no threshold."""
+    payload = md.signed_bytes if payload is None else payload
     if role == "root":
         result = md.signed.get_root_verification_result(previous_root, payload, md.signatures)
         out = [_threshold("root", result.second)]
         if previous_root is not None:
             out.append(_threshold("root (previous keys)", result.first))
         return out
-    result = repo.delegator(role).get_verification_result(role, payload, md.signatures)
+    delegator = repo.delegator(role) if delegator is None else delegator
+    try:
+        result = delegator.get_verification_result(role, payload, md.signatures)
+    except ValueError:  # not delegated there (yet)
+        return [Threshold(role, 1, [], [])]
     return [_threshold(role, result)]
 
 
