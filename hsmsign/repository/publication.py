@@ -2,9 +2,10 @@
 into `staged/` while they need signatures held elsewhere.
 
 The rule (issue 15): `metadata/` only ever holds metadata that verifies as a client would.
-Thresholds are judged by python-tuf (`verification.thresholds`), and before anything is
-written to `metadata/` the files are checked together with what is there by the client's own
-validator (`verification.verify` with an overlay). A change that touches a staged role joins
+Each file is judged by python-tuf's verification (`verification.thresholds`) against its
+delegator as `metadata/` will hold it, on the bytes just signed; when root changes, or only
+part of a change goes out, the client's own validator checks the whole chain with the files
+(`verification.verify` with an overlay) before anything is written. A change that touches a staged role joins
 the staged change, which is published as one: its roles, then snapshot and timestamp when
 their keys are here (else they are staged in turn, and published by whoever holds them).
 """
