@@ -149,23 +149,6 @@ class KmsKeyStore(KeyStore):
     def uri(self, keyid: str) -> str:
         return self._entry(keyid)["uri"]
 
-    # The KeyStore interface's shape (keystore/base.py, StoreKind "kms"; `listing()` is
-    # `Listing(keys=self.list_keys())`, no warnings: nothing is contacted): a store of records,
-    # always enabled and present; never where `--store auto` puts a new root key.
-
-    @classmethod
-    def for_home(cls, context) -> KmsKeyStore:
-        return cls(context.home)
-
-    def enabled(self) -> bool:
-        return True
-
-    def reason_asked(self) -> str:
-        return "asked for a KMS key"
-
-    def reason_auto_root(self, file_option: str) -> str | None:
-        return None  # root stays offline: a KMS key only when asked for (docs/kms.md)
-
     def is_present(self) -> bool:
         return True  # records are always here; the service is reached when a key signs
 
