@@ -19,6 +19,7 @@ from hsmsign.backup.manifest import Manifest, ManifestFile, ManifestKey, key_sum
 from hsmsign.backup.reading import read_archive_file
 from hsmsign.errors import HsmsignError
 from hsmsign.fsutil import PRIVATE_FILE_MODE, durable_temp, fsync_dir
+from hsmsign.keystore.base import StoreKind
 from hsmsign.keystore.file import KeyFileError, KeyFileFault
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def collect(stores: KeyStores, *, now: datetime | None = None,
             entry_files.append(_member(f"public/{keyid}.pub", found.public, members))
         record = found.record
         keys.append(ManifestKey(keyid=keyid, role=record.role, gun=record.gun,
-                                algorithm=record.algorithm, store="file", exported=True,
+                                algorithm=record.algorithm, store=StoreKind.FILE, exported=True,
                                 files=tuple(entry_files)))
         progress("Reading key files", n, len(keyids))
     listing = stores.list_keys(files=False)  # the hardware keys, for the record
@@ -119,7 +120,7 @@ def _member(name: str, data: bytes, members: dict[str, bytes]) -> ManifestFile:
 
 def _slot_of(stores: KeyStores, store: str) -> str | None:
     """The PKCS#11 slot of a token key (the YubiKey PIV slot is in its location)."""
-    if store != "token":
+    if store != StoreKind.TOKEN:
         return None
     try:
         return str(stores.token.slot_id)

@@ -20,6 +20,7 @@ from hsmsign.backup.format import (
     shown,
 )
 from hsmsign.errors import HsmsignError
+from hsmsign.keystore.base import StoreKind
 
 if TYPE_CHECKING:
     from hsmsign.backup.tar import TarContents
@@ -45,7 +46,7 @@ class ManifestKey:
     role: str
     gun: str | None
     algorithm: str
-    store: str  # "file", "token", "yubikey"
+    store: str  # a StoreKind value: "file", "token", "yubikey", "kms"
     exported: bool  # False: a hardware key, listed for completeness
     files: tuple[ManifestFile, ...] = ()
     location: str | None = None  # hardware keys: token / slot, as `key list` shows it
@@ -180,7 +181,7 @@ def _parse_key(k: Any, n: int, seen_keys: set, seen_files: set) -> ManifestKey:
         return ManifestKey(keyid, role, gun, alg, store, False, (),
                            location if isinstance(location, str) else None,
                            slot if isinstance(slot, str) else None)
-    if store != "file":
+    if store != StoreKind.FILE:
         raise _bad_manifest(f"{where} is exported but is not a file key")
     files_doc = k.get("files")
     if not isinstance(files_doc, list) or not files_doc:

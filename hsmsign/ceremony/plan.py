@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import DEFAULT_ALGORITHM
+from hsmsign.keystore.base import StoreKind
 from hsmsign.keystore.yubikey import PIN_POLICY_CHOICES, TOUCH_CHOICES, YubiKeyOptions, parse_serial
 from hsmsign.repository import DEFAULT_EXPIRY_DAYS
 
@@ -158,9 +159,9 @@ class Plan:
         for role, days in self.expires.items():
             if days <= 0:
                 raise HsmsignError(f"plan: expires.{role} must be a positive number of days")
-        if self.online_store not in ("file", "token"):
+        if self.online_store not in (StoreKind.FILE, StoreKind.TOKEN):
             raise HsmsignError("online_keys.store must be 'file' or 'token'")
-        if self.online_store == "token" and not self.online_token:
+        if self.online_store == StoreKind.TOKEN and not self.online_token:
             raise HsmsignError("online_keys.store = 'token' needs online_keys.token = 'LABEL'")
 
 

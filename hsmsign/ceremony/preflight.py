@@ -13,6 +13,7 @@ from pathlib import Path
 from hsmsign import __version__
 from hsmsign.ceremony.plan import Custodian, Plan
 from hsmsign.errors import HsmsignError
+from hsmsign.keystore.base import StoreKind
 from hsmsign.secrets import Secrets, passphrase_variables
 
 MIN_FREE_BYTES = 10 * 1024 * 1024
@@ -85,7 +86,7 @@ def require_secrets(plan: Plan, secrets: Secrets, file_roles: Iterable[str]) -> 
         if not secrets.can_get(variables):
             raise HsmsignError(f"no terminal to ask for {c.name}'s PIN, and {variables[0]} "
                                "is not set")
-    for role in file_roles if plan.online_store == "file" else ():
+    for role in file_roles if plan.online_store == StoreKind.FILE else ():
         variables = passphrase_variables(role)
         if not secrets.can_get(variables):
             raise HsmsignError(f"no terminal to ask for the {role} key's passphrase, and "

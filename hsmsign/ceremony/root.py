@@ -24,13 +24,13 @@ from hsmsign.ceremony.verification import signed_sha256
 from hsmsign.config import NO_TOKEN, check_home, ensure_home
 from hsmsign.errors import HsmsignError
 from hsmsign.fsutil import sha256_file
-from hsmsign.keys import DEFAULT_ALGORITHM, algorithm, tuf_key
+from hsmsign.keys import DEFAULT_ALGORITHM, ONLINE_ROLES, algorithm, tuf_key
+from hsmsign.keystore.base import StoreKind
 from hsmsign.keystore.stores import KeyStores
 from hsmsign.repository import HsmsignRepository
 from hsmsign.repository.verification import verify
 from hsmsign.signing import SigningService
 
-ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 
 
 class RootCeremony(Ceremony):
@@ -120,7 +120,7 @@ class RootCeremony(Ceremony):
             self.confirm(f"Has {custodian.name} written down key ID {record.keyid[:16]}...?")
 
     def _online_stores(self, staged_home: Path) -> KeyStores:
-        if self.plan.online_store == "token":
+        if self.plan.online_store == StoreKind.TOKEN:
             return KeyStores(staged_home, self.secrets,
                              self.custodians.token_config(self.plan.online_token), force=self.force)
         return KeyStores(staged_home, self.secrets, NO_TOKEN)
@@ -131,7 +131,7 @@ class RootCeremony(Ceremony):
         for role in ONLINE_ROLES:
             record, _ = stores.generate(role, None, algorithm(DEFAULT_ALGORITHM), self.plan.online_store)
             keys[role] = record.keyid
-            if record.store == "token":
+            if record.store == StoreKind.TOKEN:
                 self.custodians.created(record, label=self.plan.online_token)
         self.ui.screen("3. Online keys", [(role, f"{keyid} ({self.plan.online_store})")
                                           for role, keyid in keys.items()])

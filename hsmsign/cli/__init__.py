@@ -49,7 +49,8 @@ class LazyGroup(click.Group):
 @click.option("--home", type=click.Path(file_okay=False), envvar=None,
               help="hsmsign home (default: $HSMSIGN_HOME, else ~/.hsmsign).")
 @click.option("--pkcs11-module", help="PKCS#11 module (default: $HSMSIGN_PKCS11_MODULE, config, well-known paths).")
-@click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
+@click.option("--verbose", is_flag=True,
+              help="Show what hsmsign does, step by step, and tracebacks on errors (stderr).")
 @common_options
 @click.version_option(package_name="hsmsign")
 @click.pass_context
@@ -59,7 +60,22 @@ def cli(ctx, home, pkcs11_module, verbose):
     app.home_option = home
     app.pkcs11_module = pkcs11_module
     app.verbose = app.verbose or verbose
+    if app.verbose:
+        _log_to_stderr()
     ctx.call_on_close(app.close)
+
+
+def _log_to_stderr() -> None:
+    """The trail of hsmsign's loggers (one per module, as python-tuf has) on stderr, for
+    --verbose only: which store a key comes from, logins, files written. Nothing logged holds
+    a secret."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("hsmsign")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,12 +119,11 @@ class AppContext:
         """A TUF key from a key ID (prefix) in some store, or from a PEM file."""
         import os
 
-        from hsmsign.keys import load_public_key_file, tuf_key
+        if os.path.isfile(key_or_pem):  # a PEM file needs no store
+            from hsmsign.keys import load_public_key_file, tuf_key
 
-        if os.path.isfile(key_or_pem):
             return tuf_key(load_public_key_file(key_or_pem))
-        keyid = self.stores.resolve(key_or_pem)
-        return tuf_key(self.stores.public_key(keyid))
+        return self.stores.tuf_key_of(key_or_pem)
 
     def report_signing(self, repo, written: list[str], extra: dict | None = None) -> None:
         """What was signed, and what still needs signatures (stderr, or JSON on stdout, with

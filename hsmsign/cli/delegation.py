@@ -6,8 +6,6 @@ import click
 
 from hsmsign.cli.context import REPO, common_options, pass_app
 
-RELEASES = "releases"
-
 
 @click.group()
 def delegation():
@@ -112,18 +110,12 @@ def signer():
 @pass_app
 def signer_add(app, name, keys, paths, repo):
     """Add signer NAME: its keys join the releases delegation and a delegation named NAME."""
+    from hsmsign.repository.dct import RELEASES, add_signer
+
     public = [app.public_key(k) for k in keys]
     with app.locked(repo):
         repository = app.repository(repo)
-        for role in (RELEASES, name):
-            present, patterns = set(), set()
-            if repository.role_exists(role):
-                present = set(repository.role_keys(role)[0])
-                patterns = set(repository.delegated_role(role).paths or [])
-            new_keys = [k for k in public if k.keyid not in present]
-            if new_keys or not set(paths) <= patterns or not repository.role_exists(role):
-                repository.add_delegation(role, new_keys, paths=list(paths) or None, threshold=None,
-                                          terminating=False, parent="targets")
+        add_signer(repository, name, public, paths)
         written = repository.commit()
     if not app.json:
         app.note(f"added signer {name} ({', '.join(k.keyid[:7] for k in public)}) to {RELEASES} and {name}")
@@ -137,16 +129,11 @@ def signer_add(app, name, keys, paths, repo):
 @pass_app
 def signer_remove(app, name, repo):
     """Remove signer NAME: its delegation, and its keys from releases."""
+    from hsmsign.repository.dct import remove_signer
+
     with app.locked(repo):
         repository = app.repository(repo)
-        repository.require_role(name)
-        keyids = list(repository.role_keys(name)[0])
-        warnings = repository.remove_delegation(name)
-        if repository.role_exists(RELEASES):
-            releases = set(repository.role_keys(RELEASES)[0])
-            for keyid in keyids:
-                if keyid in releases:
-                    warnings += repository.remove_delegation(RELEASES, keyid)
+        warnings = remove_signer(repository, name)
         written = repository.commit()
     for warning in warnings:
         app.note(f"warning: {warning}")

@@ -9,6 +9,7 @@ import click
 
 from hsmsign.cli.context import common_options, pass_app
 from hsmsign.keys import ALGORITHMS, DEFAULT_ALGORITHM
+from hsmsign.keystore.base import StoreKind
 
 KEY_COLUMNS = ["ROLE", "GUN", "KEY ID", "ALGORITHM", "STORE", "LOCATION"]
 YUBIKEY_SLOTS = ["9a", "9c", "9d", "9e", *[f"{s:02x}" for s in range(0x82, 0x96)]]
@@ -28,7 +29,7 @@ def _import_from_file(app, role, keyid, store, options):
     """The notary route: an existing file key goes into a YubiKey slot; the file stays."""
     from hsmsign.errors import HsmsignError
 
-    if store not in ("auto", "yubikey"):
+    if store not in ("auto", StoreKind.YUBIKEY):
         raise HsmsignError("--import-from-file puts a file key into a YubiKey: use --store yubikey")
     stores = app.stores
     keyid = stores.resolve(keyid)
@@ -60,7 +61,7 @@ def key():
 @click.option("--gun", help="Globally unique name of the repository (DCT), e.g. docker.io/org/app.")
 @click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM,
               show_default=True)
-@click.option("--store", type=click.Choice(["auto", "file", "token", "yubikey", "kms"]),
+@click.option("--store", type=click.Choice(["auto", *(kind.value for kind in StoreKind)]),
               default="auto", show_default=True,
               help="auto: root on a YubiKey or token when one is present, else a file; kms: a "
                    "cloud KMS (--kms).")
@@ -95,7 +96,7 @@ def generate(app, role, gun, algorithm, store, kms_provider, slot, touch, pin_po
         record, why = _import_from_file(app, role, import_from_file, store, options)
     else:
         kms = None
-        if kms_provider or store == "kms":
+        if kms_provider or store == StoreKind.KMS:
             from hsmsign.keystore.kms import KmsOptions
 
             kms = KmsOptions(provider=kms_provider or "aws")
@@ -131,7 +132,8 @@ def list_(app):
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--role", help="Role of the key(s), when the file does not say.")
 @click.option("--gun", help="GUN of the key(s), when the file does not say.")
-@click.option("--store", type=click.Choice(["file", "token"]), default="file", show_default=True)
+@click.option("--store", type=click.Choice([StoreKind.FILE.value, StoreKind.TOKEN.value]),
+              default=StoreKind.FILE.value, show_default=True)
 @common_options
 @pass_app
 def import_(app, path, role, gun, store):
@@ -171,8 +173,9 @@ def export(app, keyid, output, private, format_):
         if format_ != "notary":
             raise HsmsignError("a private key is exported only as --format notary")
         located = stores.locate(keyid)
-        if "file" not in [r.store for r in located]:
-            where = "in a cloud KMS" if located[0].store == "kms" else "on a hardware token"
+        if StoreKind.FILE not in [r.store for r in located]:
+            where = ("in a cloud KMS" if located[0].store == StoreKind.KMS
+                     else "on a hardware token")
             raise HsmsignError(f"key {keyid} is {where} and cannot leave it")
         data = stores.files.notary_export(keyid)
     else:
@@ -226,7 +229,7 @@ def remove(app, keyid, deletion_days):
     stores = app.stores
     keyid = stores.resolve(keyid)
     records = stores.locate(keyid)
-    if deletion_days is not None and "kms" not in [r.store for r in records]:
+    if deletion_days is not None and StoreKind.KMS not in [r.store for r in records]:
         raise HsmsignError(f"--schedule-deletion applies to KMS keys; key {keyid} is not one")
     where = ", ".join(f"{r.store} {r.location}" for r in records)
     if not app.force:
@@ -287,11 +290,7 @@ def passwd(app, keyid):
 def attest(app, keyid, attestation, intermediate, trust_roots, repo, serial):
     """Verify a YubiKey attestation and that it attests KEYID (the key in the metadata)."""
     from hsmsign.errors import HsmsignError
-    from hsmsign.keystore.attestation import (
-        load_certificates,
-        read_trust_roots,
-        verify_attestation,
-    )
+    from hsmsign.keystore.attestation import attest_key, load_certificates, read_trust_roots
 
     bundle = None
     if attestation is not None and intermediate is None:
@@ -311,22 +310,14 @@ def attest(app, keyid, attestation, intermediate, trust_roots, repo, serial):
         if keyid not in root_keys:
             raise HsmsignError(f"key {keyid[:16]}... is not a root key of {repo}")
     extra = read_trust_roots(trust_roots) if trust_roots else []
-    if attestation is None:
-        if keyid not in app.stores.yubikey.keyids():
-            raise HsmsignError(f"key {keyid[:16]}... is on no YubiKey plugged in; plug it in, or "
-                               "give --certificate and --intermediate")
-        slot_cert, device_cert, serial_read = app.stores.yubikey.attestation(keyid)
-    elif bundle is not None:
+    certificates = None
+    if bundle is not None:
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        slot_cert, device_cert = (c.public_bytes(Encoding.DER) for c in bundle[:2])
-        serial_read = None
-    else:
-        slot_cert, device_cert, serial_read = attestation.read_bytes(), intermediate.read_bytes(), None
-    result = verify_attestation(slot_cert, device_cert, keyid, extra_trust=extra)
-    if serial_read is not None and result.serial is not None and result.serial != serial_read:
-        raise HsmsignError(f"the attestation names YubiKey {result.serial}, but it was read from "
-                           f"YubiKey {serial_read}")
+        certificates = tuple(c.public_bytes(Encoding.DER) for c in bundle[:2])
+    elif attestation is not None:
+        certificates = (attestation.read_bytes(), intermediate.read_bytes())
+    result = attest_key(app.stores.yubikey, keyid, certificates, extra_trust=extra)
     if app.json:
         app.emit_json(result.to_json())
         return

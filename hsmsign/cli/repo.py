@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from hsmsign.cli.context import REPO, common_options, pass_app
+from hsmsign.keystore.base import StoreKind
 
 
 def _parse_expires(values: tuple[str, ...]) -> dict[str, float]:
@@ -31,7 +32,8 @@ def repo():
 @REPO
 @click.option("--root-key", "root_keys", multiple=True, help="Key ID or public key PEM (repeat).")
 @click.option("--root-threshold", type=int, default=1, show_default=True)
-@click.option("--root-store", type=click.Choice(["auto", "file", "token", "yubikey"]), default="auto",
+@click.option("--root-store", default="auto",
+              type=click.Choice(["auto", *(k.value for k in StoreKind if k is not StoreKind.KMS)]),
               show_default=True,
               help="Where a generated root key goes (auto: a YubiKey, else a token, else a file).")
 @click.option("--targets-key", help="Key ID or public key PEM; generated as a file if absent.")
@@ -44,69 +46,21 @@ def repo():
 def init(app, repo, root_keys, root_threshold, root_store, targets_key, snapshot_key,
          timestamp_key, expires):
     """Create signed initial metadata for root, targets, snapshot and timestamp."""
-    import shutil
-
-    from hsmsign.errors import HsmsignError
-    from hsmsign.fsutil import ensure_public_dir
-    from hsmsign.keys import DEFAULT_ALGORITHM, algorithm
-
-    from hsmsign.repository import check_init_arguments
+    from hsmsign.repository.init import check_init_request, init_repository
+    from hsmsign.service.client import remote_keys_from_environment
+    from hsmsign.signing import SigningService
 
     expiry = _parse_expires(expires)
-    if root_keys and root_store != "auto":
-        raise HsmsignError("--root-store places a generated root key; with --root-key, drop it")
-    check_init_arguments(max(1, len(root_keys)), root_threshold, expiry)
-    if repo.exists() and not repo.is_dir():
-        raise HsmsignError(f"{repo} is a file; give a directory for the repository")
-    created = not repo.exists()
-    if (repo / "metadata").exists() and any((repo / "metadata").iterdir()):
-        raise HsmsignError(f"{repo}/metadata is not empty; nothing changed (to change this "
-                           "repository, see `hsmsign repo status`; to start anew, choose an empty "
-                           "directory)")
-    online = {"targets": targets_key, "snapshot": snapshot_key, "timestamp": timestamp_key}
-    generated: list = []  # records of keys this command made: removed again if it fails
-    ensure_public_dir(repo)
-    try:
-        with app.locked(repo, new=True):
-            repository = app.repository(repo)
-            if repository.exists():
-                raise HsmsignError(f"{repo} already has metadata; nothing changed")
-            given = {k: app.public_key(k) for k in (*root_keys, *filter(None, online.values()))}
-            # Every secret before the first key is made: a missing one must not leave a
-            # root key behind on a token.
-            for role, keyid in online.items():
-                if not keyid:
-                    app.stores.secrets.new_passphrase(role)
-
-            def generate(role: str):
-                store = root_store if role == "root" else "auto"
-                record, why = app.stores.generate(role, None, algorithm(DEFAULT_ALGORITHM), store,
-                                                  file_option="--root-store file")
-                generated.append(record)
-                app.note(f"generated {role} key {record.keyid} in {record.store} ({why})")
-                return app.public_key(record.keyid)
-
-            roots = [given[k] for k in root_keys] or [generate("root")]
-            role_keys = {role: [given[keyid] if keyid else generate(role)]
-                         for role, keyid in online.items()}
-            repository.init(roots, root_threshold, role_keys, expiry)
-            written = repository.commit()
-    except BaseException:
-        if created:
-            shutil.rmtree(repo, ignore_errors=True)
-        _remove_generated(app, generated)
-        raise
-    app.report_signing(repository, written)
-
-
-def _remove_generated(app, records) -> None:
-    """Undo the keys a failed `repo init` made; say which could not be removed."""
-    for record in records:
-        try:
-            app.stores.store_of(record).remove(record.keyid)
-        except Exception as e:  # noqa: BLE001 - the original error is the one to report
-            app.note(f"warning: the {record.role} key {record.keyid} made by this command is "
-                     f"still in {record.store} ({e}); remove it with `hsmsign key remove`")
+    check_init_request(repo, root_keys=root_keys, root_threshold=root_threshold,
+                       root_store=root_store, expiry=expiry)  # before the stores are opened
+    # HSMSIGN_SIGNER_URL: keys this machine does not hold sign through the service.
+    service = SigningService(app.stores, remote=remote_keys_from_environment())
+    result = init_repository(
+        repo, app.stores, service, root_keys=root_keys, root_threshold=root_threshold,
+        root_store=root_store, expiry=expiry, notify=app.note,
+        online_keys={"targets": targets_key, "snapshot": snapshot_key,
+                     "timestamp": timestamp_key})
+    app.report_signing(result.repository, result.written)
 
 
 @repo.command()

@@ -121,7 +121,7 @@ def reset(app, serial):
     if not sys.stdin.isatty():
         raise HsmsignError(f"`token reset` erases every PIV key on YubiKey {found.serial} and needs "
                            "its serial number typed at a terminal; nothing was changed")
-    held = [r for r in store.list_keys() if r.location.startswith(f"YubiKey {found.serial} ")]
+    held = store.keys_on(found.serial)
     for r in held:  # what is lost, said before it is: a root key in use is the worst case
         app.note(f"  slot key {r.keyid} ({r.role}, {r.location})")
     typed = click.prompt(f"This erases every PIV key and certificate on {store.describe(found)} "

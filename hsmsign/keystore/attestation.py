@@ -145,3 +145,24 @@ def read_trust_roots(path: Path) -> list[x509.Certificate]:
         return load_certificates(path.read_bytes())
     except OSError as e:
         raise AttestationError(f"cannot read {path}: {e.strerror}") from None
+
+
+def attest_key(yubikeys, keyid: str, certificates: tuple[bytes, bytes] | None = None, *,
+               extra_trust: list[x509.Certificate] | None = None) -> Attestation:
+    """`key attest`: verify that `keyid` was generated on a YubiKey, from the attestation
+    `certificates` (slot certificate, device certificate; DER) given, or else read from the
+    YubiKey that holds the key (`yubikeys`, a YubiKeyStore), which must then be the one the
+    attestation names."""
+    serial_read = None
+    if certificates is None:
+        if keyid not in yubikeys.keyids():
+            raise HsmsignError(f"key {keyid[:16]}... is on no YubiKey plugged in; plug it in, or "
+                               "give --certificate and --intermediate")
+        slot_cert, device_cert, serial_read = yubikeys.attestation(keyid)
+    else:
+        slot_cert, device_cert = certificates
+    result = verify_attestation(slot_cert, device_cert, keyid, extra_trust=extra_trust or [])
+    if serial_read is not None and result.serial is not None and result.serial != serial_read:
+        raise HsmsignError(f"the attestation names YubiKey {result.serial}, but it was read from "
+                           f"YubiKey {serial_read}")
+    return result

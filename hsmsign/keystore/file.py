@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from hsmsign.secrets import Secrets
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
     from securesystemslib.signer import Key, Signer
+
+logger = logging.getLogger(__name__)
 
 KDF_ITERATIONS = 600_000
 STORE = StoreKind.FILE
@@ -223,6 +226,7 @@ class FileKeyStore(KeyStore):
             return self._unlocked[keyid]
         record = self.record(keyid)
         data = self.key_path(keyid).read_bytes()
+        logger.debug("decrypting %s key %s from %s", record.role, keyid[:7], self.key_path(keyid))
         key = self.secrets.unlock(record.role, f"{record.role} key {keyid[:7]}",
                                   lambda passphrase: self._decrypt(data, passphrase, record))
         if key_id(key.public_key()) != keyid:

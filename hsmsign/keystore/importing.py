@@ -15,6 +15,7 @@ from pathlib import Path
 from hsmsign import pkcs8
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import algorithm_of, key_id, normalize_role
+from hsmsign.keystore.base import StoreKind
 from hsmsign.keystore.stores import KeyStores
 
 KEY_SUFFIXES = (".key", ".pem")
@@ -106,7 +107,7 @@ def _read(stores: KeyStores, path: Path, role: str | None, gun: str | None, *,
 
 
 def import_keys(stores: KeyStores, path: Path, *, role: str | None = None, gun: str | None = None,
-                store: str = "file", shown_from: Path | None = None,
+                store: str = StoreKind.FILE, shown_from: Path | None = None,
                 outcome: str = "nothing imported") -> list[ImportResult]:
     """Import one key file or a whole trust dir; nothing is written unless every file reads.
 
@@ -116,7 +117,7 @@ def import_keys(stores: KeyStores, path: Path, *, role: str | None = None, gun: 
     if not files:
         raise HsmsignError(f"no key files (*.key, *.pem) in {path}")
     single = path.is_file()
-    target = stores.token if store == "token" else stores.files
+    target = stores.store(store)
     present = set(target.keyids())
     planned = []
     for file in files:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from hsmsign.secrets import Secrets
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
     from securesystemslib.signer import Key, Signer
+
+logger = logging.getLogger(__name__)
 
 STORE = StoreKind.TOKEN
 CKA_ID_LENGTH = 16
@@ -267,6 +270,7 @@ class Pkcs11KeyStore(ScannedStore):
         if refusal:
             raise PinPolicyError(refusal)
         pin = self.secrets.pin(name)
+        logger.debug("logging in to token %s in %s", name, self._module)
         try:
             with self._answering(f"logging in to token {name}"):
                 session = token.open(rw=self._rw(token), user_pin=pin)

@@ -182,6 +182,17 @@ class KeyStores:
         record = self.locate(keyid)[0]
         return self.store_of(record).public_key(keyid)
 
+    def tuf_key_of(self, key_or_pem: str):
+        """A TUF key from a key ID (or unique prefix) in some store, or from a PEM file (a
+        public key or a certificate)."""
+        import os
+
+        from hsmsign.keys import load_public_key_file, tuf_key
+
+        if os.path.isfile(key_or_pem):
+            return tuf_key(load_public_key_file(key_or_pem))
+        return tuf_key(self.public_key(self.resolve(key_or_pem)))
+
     # -- changes -----------------------------------------------------------------------
 
     def choose_store(self, role: str, store: str, *,

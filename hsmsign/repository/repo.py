@@ -9,7 +9,7 @@ from datetime import timedelta
 from securesystemslib.signer import Key
 from tuf.api.metadata import DelegatedRole, Delegations, Root, TargetFile, Targets
 
-from hsmsign.keys import TOP_LEVEL_ROLES, normalize_role
+from hsmsign.keys import ONLINE_ROLES, TOP_LEVEL_ROLES, normalize_role
 from hsmsign.repository.layout import RepositoryError, check_init_arguments, now
 from hsmsign.repository.storage import RepositoryStorage
 from hsmsign.repository.targets import TargetChanges, TargetUpload, check_target_path
@@ -31,7 +31,7 @@ class HsmsignRepository(RepositoryStorage):
             for key in root_keys:
                 root.add_key(key, "root")
             root.roles["root"].threshold = root_threshold
-            for role in ("targets", "snapshot", "timestamp"):
+            for role in ONLINE_ROLES:
                 for key in role_keys[role]:
                     root.add_key(key, role)
         with self.edit_targets():

@@ -268,7 +268,7 @@ class RepositoryStorage(Repository):
 
     def require_role(self, role: str) -> None:
         if not self.role_exists(role):
-            known = ", ".join(["root", "targets", "snapshot", "timestamp", *sorted(self.parents())])
+            known = ", ".join([*TOP_LEVEL_ROLES, *sorted(self.parents())])
             raise RepositoryError(f"unknown role {role!r}; this repository has: {known}")
 
     def delegator(self, role: str) -> Root | Targets:

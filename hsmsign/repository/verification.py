@@ -294,7 +294,7 @@ def status(repo: HsmsignRepository, held_keyids: set[str]) -> list[RoleStatus]:
     """Every role: version, expiry, threshold and, per key, whether it signed and is here."""
     repo.require()
     out = []
-    roles = ["root", "targets", "snapshot", "timestamp", *sorted(repo.parents())]
+    roles = [*TOP_LEVEL_ROLES, *sorted(repo.parents())]
     for role in roles:
         md: Metadata = repo.open(role)
         keys, threshold = repo.role_keys(role, md if role == "root" else None)

@@ -17,6 +17,7 @@ callback the CLI gives.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,8 @@ from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
     from securesystemslib.signer import Signer
+
+logger = logging.getLogger(__name__)
 
 TOUCH_CACHE_SECONDS = 15
 
@@ -234,6 +237,10 @@ class YubiKeyStore(ScannedStore):
 
     def _read_slots(self, piv, found: Found) -> list[tuple[SlotInfo, SlotKey | None]]:
         return read_slots(piv, found, self.remembered.slots(found.serial))
+
+    def keys_on(self, serial: int) -> list[KeyRecord]:
+        """The keys hsmsign lists on the YubiKey with `serial` (e.g. what a reset erases)."""
+        return [key.record for key in self._scan().values() if key.serial == serial]
 
     def _scan(self) -> dict[str, SlotKey]:
         if self._keys is not None:
@@ -437,6 +444,7 @@ class YubiKeyStore(ScannedStore):
         key = self._get(keyid)
         found = self._found_for(key)
         short = keyid[:7]
+        logger.debug("signing with key %s in slot %02x of YubiKey %s", short, key.slot, found.serial)
         with self.session(found, f"signing with key {short}") as piv:
             check_slot_holds(piv, found, key)
             if key.touch_policy is None:
