@@ -9,7 +9,7 @@
 Every error is `{"error": "one line saying what and what to do"}` with 400 (malformed or not
 acceptable), 401 (no client of the policy is this peer), 403 (not granted), 404 (unknown key),
 413 (over 10 MiB), 503 (store unavailable). Every /v1 request, answered or refused, is a line
-in the audit log before its answer is sent.
+in the audit log, written and fsynced, before its answer is sent.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ class Api:
             accepted = accept(signed, key.record, client, published=self.state.published)
             entry.update(version=accepted.version, sha256=accepted.sha256)
             sig = await self.state.keyring.sign(key, accepted.payload)
-            self.state.audit.record({**entry, "result": "signed"})
+            line = self.state.audit.record({**entry, "result": "signed"})
+            await self.state.audit.durable(line)  # no signature out before its record is on disk
         except ServiceError as e:
             await self._refused(entry, e)
             return _error(e)
@@ -142,7 +143,8 @@ class Api:
         if isinstance(e, StoreUnavailable):
             self.state.metrics.errors.labels("store_unavailable").inc()
         self.state.metrics.refusals.labels(e.reason, entry.get("client") or "").inc()
-        self.state.audit.record({**entry, "result": e.reason, "reason": str(e)})
+        await self.state.audit.durable(
+            self.state.audit.record({**entry, "result": e.reason, "reason": str(e)}))
 
     async def _body(self, request: web.Request) -> dict:
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -179,8 +181,9 @@ class Api:
             return _error(e)
         mine = [key.to_json() for key in self.state.keyring.keys.values()
                 if client.grants(key.record)]
-        self.state.audit.record({**entry, "client": client.name, "peer": peer.describe(),
-                                       "result": "listed", "keyids": [k["keyid"] for k in mine]})
+        await self.state.audit.durable(self.state.audit.record(
+            {**entry, "client": client.name, "peer": peer.describe(), "result": "listed",
+             "keyids": [k["keyid"] for k in mine]}))
         return web.json_response({"keys": mine})
 
     async def healthz(self, request: web.Request) -> web.Response:
