@@ -25,27 +25,6 @@ def _use_yubikey(app, serial: str | None) -> None:
         yubikey.serial = parse_serial(serial)
 
 
-def _import_from_file(app, role, keyid, store, options):
-    """The notary route: an existing file key goes into a YubiKey slot; the file stays."""
-    from hsmsign.errors import HsmsignError
-
-    if store not in ("auto", StoreKind.YUBIKEY):
-        raise HsmsignError("--import-from-file puts a file key into a YubiKey: use --store yubikey")
-    stores = app.stores
-    keyid = stores.resolve(keyid)
-    if keyid not in stores.files.keyids():
-        raise HsmsignError(f"key {keyid} is not a file key; --import-from-file takes the key ID of "
-                           "an encrypted key file (`hsmsign key list`)")
-    file_record = stores.files.record(keyid)
-    if file_record.role != role:
-        raise HsmsignError(f"key {keyid[:7]} is a {file_record.role} key, not a {role} key")
-    stores.yubikey.require_present()
-    private = stores.files.private_key(keyid)
-    record = stores.yubikey.import_private(private, role, options)
-    return record, (f"imported from {stores.files.key_path(keyid)}, which stays as the "
-                    "encrypted backup")
-
-
 def _row(record) -> list[str]:
     return [record.role, record.gun or "", record.keyid, record.algorithm, record.store,
             record.location]
@@ -93,7 +72,7 @@ def generate(app, role, gun, algorithm, store, kms_provider, slot, touch, pin_po
         options = YubiKeyOptions(slot=slot or "9c", touch=touch or "always",
                                  pin_policy=pin_policy or "once")
     if import_from_file:
-        record, why = _import_from_file(app, role, import_from_file, store, options)
+        record, why = app.stores.file_key_to_yubikey(import_from_file, role, store, options)
     else:
         kms = None
         if kms_provider or store == StoreKind.KMS:

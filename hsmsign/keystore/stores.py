@@ -230,6 +230,26 @@ class KeyStores:
         """Store an imported software key (`passphrase` protects it when it goes to a file)."""
         return self.store(store).import_key(key, role, gun=gun, passphrase=passphrase)
 
+    def file_key_to_yubikey(self, keyid: str, role: str, store: str = "auto",
+                            options: YubiKeyOptions | None = None) -> tuple[KeyRecord, str]:
+        """The notary route (`key generate --import-from-file`): an existing file key of `role`
+        goes into a YubiKey slot, and the encrypted file stays as its backup; the record, and
+        why (for the user)."""
+        if store not in ("auto", StoreKind.YUBIKEY):
+            raise HsmsignError("--import-from-file puts a file key into a YubiKey: use --store yubikey")
+        keyid = self.resolve(keyid)
+        if keyid not in self.files.keyids():
+            raise HsmsignError(f"key {keyid} is not a file key; --import-from-file takes the key ID "
+                               "of an encrypted key file (`hsmsign key list`)")
+        file_record = self.files.record(keyid)
+        if file_record.role != role:
+            raise HsmsignError(f"key {keyid[:7]} is a {file_record.role} key, not a {role} key")
+        self.yubikey.require_present()
+        private = self.files.private_key(keyid)
+        record = self.yubikey.import_private(private, role, options or YubiKeyOptions())
+        return record, (f"imported from {self.files.key_path(keyid)}, which stays as the "
+                        "encrypted backup")
+
     def remove(self, keyid: str) -> list[KeyRecord]:
         removed = self.locate(keyid)
         for record in removed:
