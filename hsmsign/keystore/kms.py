@@ -21,6 +21,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hsmsign.config import ensure_home
 from hsmsign.errors import HsmsignError, KeyNotFound
@@ -32,11 +33,11 @@ from hsmsign.keys import (
     key_id,
     load_public_key_pem,
     public_key_pem,
-    tuf_key,
 )
 from hsmsign.keystore.base import KeyStore, Listing, StoreContext, StoreKind
 
-from securesystemslib.signer import Key, Signature, Signer
+if TYPE_CHECKING:  # securesystemslib.signer loads every cloud SDK: only when signing
+    from securesystemslib.signer import Key, Signature, Signer
 
 from hsmsign.keystore.kms_errors import (  # the errors: importable from here too
     SERVICES,
@@ -278,7 +279,9 @@ class KmsKeyStore(KeyStore):
         return self._aws_client
 
     def signer(self, keyid: str, public_key: Key | None = None) -> Signer:
-        return KmsSigner(self, keyid, public_key or tuf_key(self.public_key(keyid)))
+        from hsmsign.keystore.signers import KmsSigner
+
+        return KmsSigner(self, keyid, public_key)
 
     def _service_signer(self, keyid: str, public_key: Key) -> Signer:
         """securesystemslib's signer for the key, made once per process."""
@@ -330,28 +333,6 @@ class KmsKeyStore(KeyStore):
                         f"with the recorded public key of {keyid[:7]}; nothing was signed")
 
 
-class KmsSigner(Signer):
-    """Signs with a recorded KMS key through securesystemslib's signer for its service; each
-    signature is checked against the recorded public key."""
-
-    def __init__(self, store: KmsKeyStore, keyid: str, public_key: Key):
-        self.store = store
-        self.keyid = keyid
-        self._public_key = public_key
-
-    @property
-    def public_key(self) -> Key:
-        return self._public_key
-
-    def sign(self, payload: bytes) -> Signature:
-        return self.store.sign(self.keyid, self._public_key, payload)
-
-    @classmethod
-    def from_priv_key_uri(cls, priv_key_uri, public_key, secrets_handler=None):  # pragma: no cover
-        raise ValueError("KMS keys are opened through their own URIs (awskms:, gcpkms:, "
-                         "azurekms:, hv:) or hsmsign:KEYID")
-
-
 def alias_name(role: str, gun: str | None, aws_key_id: str) -> str:
     """`alias/hsmsign/<gun>/<role>-<first 8 of the key ID>`: AWS aliases allow letters, digits,
     `/`, `_` and `-`, and must be unique in the account and region."""
@@ -395,4 +376,4 @@ def _import(service: Service, uri: str, store: KmsKeyStore) -> tuple[str, Key]:
 
 
 __all__ = ["KmsCredentialsError", "KmsError", "KmsKeyMismatch", "KmsKeyStore", "KmsKeyUnusable",
-           "KmsLibraryMissing", "KmsOptions", "KmsSigner", "KmsUnreachable", "SERVICES"]
+           "KmsLibraryMissing", "KmsOptions", "KmsUnreachable", "SERVICES"]

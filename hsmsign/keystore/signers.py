@@ -16,6 +16,7 @@ from hsmsign.keys import tuf_key
 
 if TYPE_CHECKING:
     from hsmsign.keystore.file import FileKeyStore
+    from hsmsign.keystore.kms import KmsKeyStore
 
 
 class _StoreSigner(Signer):
@@ -63,3 +64,13 @@ class FileSigner(_StoreSigner):
         if self._signer is None:
             self._signer = CryptoSigner(self.store.private_key(self.keyid), self._public_key)
         return self._signer.sign(payload)
+
+
+class KmsSigner(_StoreSigner):
+    """Signs with a recorded cloud KMS key through securesystemslib's signer for its service;
+    each signature is checked against the recorded public key (`KmsKeyStore.sign`)."""
+
+    store: KmsKeyStore
+
+    def sign(self, payload: bytes) -> Signature:
+        return self.store.sign(self.keyid, self._public_key, payload)
