@@ -273,3 +273,36 @@ def test_sign_file_takes_the_role_from_the_name_or_type_and_refuses_nonsense(rep
     assert "not TUF metadata" in ana[0].fails("sign", "--file", str(tmp_path / "junk.json")).error_lines[0]
     assert "either REPO ROLE or --file" in ana[0].fails("sign", str(path), "root", "--file",
                                                          str(lone)).error_lines[0]
+
+
+def test_cron_refresh_while_a_change_is_staged_publishes_what_clients_see(repo, server, tmp_path):
+    """A cron `repo refresh` stages nothing: it re-signs the published roles (not the staged
+    ones), publishes them, and the staged change it overtook is stale."""
+    owner, path = repo
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsmsign.keys import public_key_pem
+
+    pem = tmp_path / "far.pub"  # the key of a signer who is not here
+    pem.write_bytes(public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    owner("delegation", "add", str(path), "builds", "--key", str(pem), "--path", "builds/*")
+    owner("target", "add", str(path), "builds/a.tgz", "--length", "4", "--sha256", "e" * 64,
+          "--role", "builds")
+    assert set(staged(owner, path)) == {"targets", "builds"}
+    waiting = {p.name: p.read_bytes() for p in (path / "staged").iterdir()}
+    timestamp = (path / "metadata" / "timestamp.json").read_bytes()
+    out = json.loads(owner("repo", "refresh", str(path), "--within", "400", "--json").stdout)
+    assert out["refreshed"] == ["root", "targets", "snapshot", "timestamp"]
+    assert out["staged"] == [] and "2.root.json" in out["written"] and "timestamp.json" in out["written"]
+    assert (path / "metadata" / "timestamp.json").read_bytes() != timestamp
+    assert {p.name: p.read_bytes() for p in (path / "staged").iterdir()} == waiting
+    owner("repo", "verify", str(path))
+    up = updater(path, server, tmp_path / "client")
+    up.refresh()
+    assert up.get_targetinfo("builds/a.tgz") is None
+    assert json.loads((tmp_path / "client" / "metadata" / "root.json").read_text())["signed"]["version"] == 2
+    # The staged targets v2 was made on targets v1; v2 is published now: stale, refused.
+    assert "base moved on" in staged(owner, path)["targets"]["stale"]
+    before = tree_digest(path)
+    assert "staged targets is stale" in owner.fails("publish", str(path)).error_lines[0]
+    assert tree_digest(path) == before

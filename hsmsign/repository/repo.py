@@ -205,8 +205,15 @@ class HsmsignRepository(RepositoryStorage):
         Without `roles`, roles whose keys are not here are left alone and reported (a cron job
         stages nothing); roles named in `roles` are refreshed all the same, and `commit()`
         stages what cannot be signed here. Returns (refreshed, skipped-with-reason).
+
+        A cron job (no `roles`) while a change waits in staged/ judges and re-signs what clients
+        see, metadata/, and publishes it: the staged change keeps waiting and goes stale if one
+        of its roles is re-published meanwhile. Only a staged snapshot/timestamp (a change whose
+        roles are out already) is taken along: cron publishes it when their keys are here.
         """
         self.require()
+        if not roles and set(self.staged_files()) - {"snapshot", "timestamp"}:
+            self._read_published_only()
         candidates = roles or ["root", "targets", *sorted(self.parents()), "snapshot", "timestamp"]
         for role in candidates:
             self.require_role(role)

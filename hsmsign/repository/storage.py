@@ -138,6 +138,14 @@ class RepositoryStorage(Repository):
             )
         return md
 
+    def _read_published_only(self) -> None:
+        """From now on read metadata/ only, as a client does (before anything is read)."""
+        if self._cache or self._pending:
+            raise RuntimeError("the view is chosen before anything is read")  # pragma: no cover
+        self.staged_view = False
+        self._staged_files = None
+        self._parents = None
+
     def staged_files(self) -> dict:
         if self._staged_files is None:
             self._staged_files = self.staging.files() if self.staged_view else {}
@@ -397,7 +405,8 @@ class RepositoryStorage(Repository):
             written.append(name)
         if written:
             fsync_dir(self.metadata_dir)
-        self.staging.remove([r for r in files if r in self.staging.files()])
+        if self.staged_view:  # else the staged change was not read: it keeps waiting
+            self.staging.remove([r for r in files if r in self.staging.files()])
         return written
 
     def publish(self) -> None:
