@@ -65,9 +65,10 @@ def _plan_and_ui(plan_file, threshold, tokens, backup_to, allow_network):
     return plan, TerminalCeremonyUI(interactive=sys.stdin.isatty())
 
 
-def _run(app, run, stopped: str) -> dict:
+def _run(app, ceremony_class, repo, plan, ui, transcript_file, stopped: str) -> dict | None:
     """Run a ceremony; however it stops (an error, Ctrl-C, a token pulled out), list what it
-    made on tokens, which only a command per key removes."""
+    made on tokens, which only a command per key removes. With --json, print its result and
+    return None: the command has nothing left to show."""
     import signal
 
     from hsmsign.errors import HsmsignError
@@ -75,10 +76,12 @@ def _run(app, run, stopped: str) -> dict:
     def interrupted(signum, _frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    run = ceremony_class(repo, app.home, plan, ui, app.secrets, force=app.force,
+                         transcript_file=transcript_file)
     # A closed terminal or a kill: stop as for Ctrl-C (work directory removed, keys listed).
     previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return run.run()
+        result = run.run()
     except (Exception, KeyboardInterrupt, click.exceptions.Abort) as e:
         if run.created_on_tokens:
             app.note("keys created on tokens during this ceremony; remove them before the next "
@@ -94,11 +97,28 @@ def _run(app, run, stopped: str) -> dict:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if app.json:
+        app.emit_json(result)
+        return None
+    return result
 
 
 @click.group()
 def ceremony():
     """The guided offline root ceremony, and checking its transcript."""
+
+
+def _run_options(default_transcript: str):
+    """The options both ceremonies end with: --allow-network, --transcript, the common ones."""
+    def decorate(f):
+        f = common_options(pass_app(f))
+        f = click.option("--transcript", "transcript_file",
+                         type=click.Path(dir_okay=False, path_type=Path),
+                         help="Write the signed transcript (JSON) here, its Markdown beside it "
+                              f"(.md); default: {default_transcript}.")(f)
+        return click.option("--allow-network", is_flag=True,
+                            help="Rehearsal only: run with the network up.")(f)
+    return decorate
 
 
 @ceremony.command()
@@ -109,22 +129,15 @@ def ceremony():
 @click.option("--tokens", type=int, help="Number of custodian tokens (wins over the plan).")
 @click.option("--backup-to", multiple=True, type=click.Path(path_type=Path),
               help="Backup destination (repeat; wins over the plan).")
-@click.option("--allow-network", is_flag=True, help="Rehearsal only: run with the network up.")
-@click.option("--transcript", "transcript_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the signed transcript (JSON) here, its Markdown beside it (.md); "
-                   "default: REPO/ceremony-transcript.json.")
-@common_options
-@pass_app
+@_run_options("REPO/ceremony-transcript.json")
 def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network, transcript_file):
     """Create a new TUF root with one key per custodian token, step by step."""
     from hsmsign.ceremony import RootCeremony
 
     plan, ui = _plan_and_ui(plan_file, threshold, tokens, list(backup_to), allow_network)
-    result = _run(app, RootCeremony(repo, app.home, plan, ui, app.secrets, force=app.force,
-                                    transcript_file=transcript_file),
+    result = _run(app, RootCeremony, repo, plan, ui, transcript_file,
                   f"ceremony stopped; nothing was written to {repo} or the home")
-    if app.json:
-        app.emit_json(result)
+    if result is None:
         return
     ui.screen("7. Done", [("repository", result["repository"]),
                           ("transcript", result["transcript"]),
@@ -138,22 +151,15 @@ def root(app, repo, plan_file, threshold, tokens, backup_to, allow_network, tran
               help="TOML plan: [[custodian]] of the new root, [[old_custodian]] who sign with old keys.")
 @click.option("--threshold", type=int, help="Root keys needed to sign the new root.")
 @click.option("--tokens", type=int, help="Number of custodian tokens of the new root.")
-@click.option("--allow-network", is_flag=True, help="Rehearsal only: run with the network up.")
-@click.option("--transcript", "transcript_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the signed transcript (JSON) here, its Markdown beside it (.md); "
-                   "default: REPO/ceremony-rotate-root-N-transcript.json.")
-@common_options
-@pass_app
+@_run_options("REPO/ceremony-rotate-root-N-transcript.json")
 def rotate_root(app, repo, plan_file, threshold, tokens, allow_network, transcript_file):
     """Replace root keys (a custodian leaves, a token is lost), signed by old and new keys."""
     from hsmsign.ceremony import RootRotation
 
     plan, ui = _plan_and_ui(plan_file, threshold, tokens, [], allow_network)
-    result = _run(app, RootRotation(repo, app.home, plan, ui, app.secrets, force=app.force,
-                                    transcript_file=transcript_file),
+    result = _run(app, RootRotation, repo, plan, ui, transcript_file,
                   f"rotation stopped; {repo} is unchanged")
-    if app.json:
-        app.emit_json(result)
+    if result is None:
         return
     if result.get("staged"):
         ui.screen("Staged", [("new root", f"v{result['root_version']}, in {result['staged']}: not "

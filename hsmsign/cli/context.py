@@ -82,6 +82,12 @@ class AppContext:
             service = SigningService(self.stores, only=only, remote=self.remote_keys)
         return HsmsignRepository(Path(path), service, staged_view=staged_view)
 
+    def existing_repository(self, path):
+        """The repository at `path` for reading (no signing); an error if there is none."""
+        repository = self.repository(path, signing=False)
+        repository.require()
+        return repository
+
     @property
     def remote_keys(self):
         """The keys of the signing service HSMSIGN_SIGNER_URL names, or None."""

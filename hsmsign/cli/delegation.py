@@ -77,8 +77,7 @@ def _keyid_in_role(repository, role: str, key: str) -> str:
 @pass_app
 def list_(app, repo):
     """Every delegation: who delegates it, keys, threshold, paths."""
-    repository = app.repository(repo, signing=False)
-    repository.require()
+    repository = app.existing_repository(repo)
     rows = []
     for role, parent in sorted(repository.parents().items()):
         spec = repository.delegated_role(role)

@@ -81,10 +81,15 @@ def generate(app, role, gun, algorithm, store, kms_provider, slot, touch, pin_po
             kms = KmsOptions(provider=kms_provider or "aws")
         record, why = app.stores.generate(role, gun, find_algorithm(algorithm), store,
                                           yubikey=options, kms=kms)
-    made = "Imported" if import_from_file else "Generated"
-    app.note(f"{made} {record.algorithm} {role} key {record.keyid}")
+    _report_new_key(app, "Imported" if import_from_file else "Generated", role, record, why)
+
+
+def _report_new_key(app, verb: str, role: str, record, why: str | None = None) -> None:
+    """The notes on stderr and the key ID (or the record as JSON) on stdout for a new key."""
+    app.note(f"{verb} {record.algorithm} {role} key {record.keyid}")
     app.note(f"  stored in {record.store} {record.location}")
-    app.note(f"  because {why}")
+    if why is not None:
+        app.note(f"  because {why}")
     if app.json:
         app.emit_json(record.to_json())
     else:
@@ -186,12 +191,7 @@ def add_uri(app, uri, role, gun, public_key):
     role = normalize_role(role)
     pem = public_key.read_bytes() if public_key is not None else None
     record = app.stores.kms.add_uri(uri, role, gun, pem)
-    app.note(f"Registered {record.algorithm} {role} key {record.keyid}")
-    app.note(f"  stored in kms {record.location}")
-    if app.json:
-        app.emit_json(record.to_json())
-    else:
-        click.echo(record.keyid)
+    _report_new_key(app, "Registered", role, record)
 
 
 @key.command()
@@ -283,8 +283,7 @@ def attest(app, keyid, attestation, intermediate, trust_roots, repo, serial):
     _use_yubikey(app, serial)
     keyid = app.stores.resolve(keyid) if len(keyid) < 64 else keyid.lower()
     if repo is not None:
-        repository = app.repository(repo, signing=False)
-        repository.require()
+        repository = app.existing_repository(repo)
         root_keys, _ = repository.role_keys("root", repository.open("root"))
         if keyid not in root_keys:
             raise HsmsignError(f"key {keyid[:16]}... is not a root key of {repo}")

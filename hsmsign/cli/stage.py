@@ -26,8 +26,7 @@ def list_(app, repo):
     """Each staged role: version, signatures present and needed, by key; stale ones marked."""
     from hsmsign.repository.publication import staged_roles
 
-    repository = app.repository(repo, signing=False)
-    repository.require()
+    repository = app.existing_repository(repo)
     roles = staged_roles(repository)
     if app.json:
         app.emit_json({"staged": [r.to_json() for r in roles]})
@@ -59,8 +58,7 @@ def export(app, repo, role, output):
     from hsmsign.errors import HsmsignError
     from hsmsign.fsutil import atomic_write
 
-    repository = app.repository(repo, signing=False)
-    repository.require()
+    repository = app.existing_repository(repo)
     staged = repository.staged_files().get(role)
     if staged is None:
         raise HsmsignError(f"nothing is staged for {role}; see `hsmsign stage list {repo}`")

@@ -91,8 +91,7 @@ def remove(app, repo, paths, role):
 @pass_app
 def list_(app, repo, role):
     """Every target of every role, with length and SHA-256."""
-    repository = app.repository(repo, signing=False)
-    repository.require()
+    repository = app.existing_repository(repo)
     if role is not None:
         repository.require_role(role)
     rows = [(r, t) for r, t in repository.all_targets() if role is None or r == role]

@@ -19,17 +19,26 @@ if TYPE_CHECKING:
     from hsmsign.keystore.kms import KmsKeyStore
 
 
-class _StoreSigner(Signer):
-    """A signer for one key of one store; the public key is read from the store if not given."""
+class KeyIdSigner(Signer):
+    """The part every hsmsign `Signer` shares: one key ID and its recorded public key, which
+    `sign` checks signatures against. Subclasses add where the signature is made (a store, a
+    KMS, the signing service)."""
 
-    def __init__(self, store, keyid: str, public_key: Key | None = None):
-        self.store = store
+    def __init__(self, keyid: str, public_key: Key):
         self.keyid = keyid
-        self._public_key = public_key or tuf_key(store.public_key(keyid))
+        self._public_key = public_key
 
     @property
     def public_key(self) -> Key:
         return self._public_key
+
+
+class _StoreSigner(KeyIdSigner):
+    """A signer for one key of one store; the public key is read from the store if not given."""
+
+    def __init__(self, store, keyid: str, public_key: Key | None = None):
+        self.store = store
+        super().__init__(keyid, public_key or tuf_key(store.public_key(keyid)))
 
     @classmethod
     def from_priv_key_uri(cls, priv_key_uri, public_key, secrets_handler=None):  # pragma: no cover

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from hsmsign.config import TokenConfig
 from hsmsign.errors import HsmsignError, KeyNotFound, NotFound  # noqa: F401 - NotFound as before
@@ -42,6 +43,11 @@ STORE_CHOICES = ("auto", *(kind.value for kind in StoreKind))
 __all__ = ["STORE_CHOICES", "STORE_FOR_KIND", "KeyStores", "Listing"]
 
 
+def _store_of_kind(kind: StoreKind) -> Any:
+    """A read-only attribute of `KeyStores` that is its store of `kind`."""
+    return property(lambda self: self.stores[kind], doc=f"The {kind} store.")
+
+
 class KeyStores:
     def __init__(self, home: Path, secrets: Secrets, token_config: TokenConfig, *,
                  force: bool = False, kdf_iterations: int | None = None,
@@ -61,21 +67,10 @@ class KeyStores:
         return self.stores[StoreKind(kind)]
 
     # The stores by their old names, for the code that needs what only one kind does.
-    @property
-    def files(self) -> FileKeyStore:
-        return self.stores[StoreKind.FILE]  # type: ignore[return-value]
-
-    @property
-    def token(self) -> Pkcs11KeyStore:
-        return self.stores[StoreKind.TOKEN]  # type: ignore[return-value]
-
-    @property
-    def yubikey(self) -> YubiKeyStore:
-        return self.stores[StoreKind.YUBIKEY]  # type: ignore[return-value]
-
-    @property
-    def kms(self) -> KmsKeyStore:
-        return self.stores[StoreKind.KMS]  # type: ignore[return-value]
+    files: FileKeyStore = _store_of_kind(StoreKind.FILE)
+    token: Pkcs11KeyStore = _store_of_kind(StoreKind.TOKEN)
+    yubikey: YubiKeyStore = _store_of_kind(StoreKind.YUBIKEY)
+    kms: KmsKeyStore = _store_of_kind(StoreKind.KMS)
 
     def close(self) -> None:
         for store in self.stores.values():

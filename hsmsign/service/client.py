@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, Key, SecretsHandler, Signature, Signer
 
 from hsmsign.errors import HsmsignError
+from hsmsign.keystore.signers import KeyIdSigner
 from hsmsign.service.errors import RemoteError
 
 UNIX_SCHEME = "hsmsign+unix"
@@ -150,19 +151,14 @@ def _client_tls(environ: Mapping[str, str]) -> ssl.SSLContext:
     return context
 
 
-class RemoteSigner(Signer):
+class RemoteSigner(KeyIdSigner):
     """Signs through the service; `public_key` checks every signature it returns."""
 
     def __init__(self, client: ServiceClient, keyid: str, public_key: Key):
         if public_key.keyid != keyid:
             raise HsmsignError(f"public key {public_key.keyid} does not belong to key {keyid}")
         self.client = client
-        self.keyid = keyid
-        self._public_key = public_key
-
-    @property
-    def public_key(self) -> Key:
-        return self._public_key
+        super().__init__(keyid, public_key)
 
     def sign(self, payload: bytes) -> Signature:
         # The service signs only metadata, which it parses: send the signed part as JSON.

@@ -26,6 +26,7 @@ from typing import Any
 from securesystemslib.signer import Key, Signer
 
 from hsmsign.keys import KeyRecord
+from hsmsign.keystore.base import StoreKind
 from hsmsign.keystore.stores import KeyStores
 from hsmsign.service.errors import StoreUnavailable
 from hsmsign.service.policy import Policy
@@ -35,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 RECOVERY_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 5.0
-HARDWARE_KINDS = ("token", "yubikey")  # one worker thread for these (PKCS#11, PC/SC)
+# One worker thread for these (PKCS#11, PC/SC).
+HARDWARE_KINDS = (StoreKind.TOKEN, StoreKind.YUBIKEY)
 NETWORK_WORKERS = 8
 
 
@@ -55,14 +57,14 @@ def _recover_token(stores: KeyStores) -> None:
 
 # How to check that a store answers and is logged in, and how to bring it back, where that is
 # more than the store's own `require_present()` (which the others get).
-PROBES: dict[str, Callable[[KeyStores], Any]] = {"token": _probe_token}
-RECOVERIES: dict[str, Callable[[KeyStores], Any]] = {"token": _recover_token}
+PROBES: dict[str, Callable[[KeyStores], Any]] = {StoreKind.TOKEN: _probe_token}
+RECOVERIES: dict[str, Callable[[KeyStores], Any]] = {StoreKind.TOKEN: _recover_token}
 
 
 def _probe(kind: str, store) -> Callable[[KeyStores], Any] | None:
     if kind in PROBES:
         return PROBES[kind]
-    if kind == "file" or not hasattr(store, "require_present"):
+    if kind == StoreKind.FILE or not hasattr(store, "require_present"):
         return None  # files are read once, at start: nothing to ask
     return lambda _stores: store.require_present()
 
@@ -127,7 +129,7 @@ class KeyRing:
                 continue
             signer = signer_for(self.stores, record.keyid)
             kind = _kind(record)
-            if kind == "file":
+            if kind == StoreKind.FILE:
                 self.stores.files.private_key(record.keyid)  # decrypt now, once
             state = self.states.setdefault(kind, StoreState(kind, self.stores.store_of(record)))
             if state.probe is not None:
@@ -147,7 +149,7 @@ class KeyRing:
     def _executor(self, kind: str) -> ThreadPoolExecutor:
         if kind in HARDWARE_KINDS:
             return self._hardware
-        return self._software if kind == "file" else self._network
+        return self._software if kind == StoreKind.FILE else self._network
 
     async def sign(self, key: ServedKey, payload: bytes) -> str:
         """The hex signature of `payload`; `StoreUnavailable` when the store does not answer."""
