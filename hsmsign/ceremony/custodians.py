@@ -224,14 +224,11 @@ class Custodians:
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        from hsmsign.keystore.attestation import read_trust_roots, verify_attestation
+        from hsmsign.keystore.attestation import check_attestation, read_trust_roots
 
         extra = read_trust_roots(self.plan.attestation_roots) if self.plan.attestation_roots else []
         slot_cert, device_cert, serial = token.store.attestation(token.keyid)
-        result = verify_attestation(slot_cert, device_cert, token.keyid, extra_trust=extra)
-        if result.serial is not None and result.serial != serial:
-            raise HsmsignError(f"the attestation names YubiKey {result.serial}, but it was read "
-                               f"from YubiKey {serial}")
+        result = check_attestation(slot_cert, device_cert, token.keyid, serial, extra_trust=extra)
         asked = (self.plan.yubikey.pin_policy, self.plan.yubikey.touch)
         if (result.pin_policy, result.touch_policy) != asked:
             raise HsmsignError(f"YubiKey {serial} attests PIN policy {result.pin_policy} and touch "

@@ -161,6 +161,13 @@ def attest_key(yubikeys, keyid: str, certificates: tuple[bytes, bytes] | None = 
         slot_cert, device_cert, serial_read = yubikeys.attestation(keyid)
     else:
         slot_cert, device_cert = certificates
+    return check_attestation(slot_cert, device_cert, keyid, serial_read, extra_trust=extra_trust)
+
+
+def check_attestation(slot_cert: bytes, device_cert: bytes, keyid: str, serial_read: int | None,
+                      *, extra_trust: list[x509.Certificate] | None = None) -> Attestation:
+    """`verify_attestation`, and if the certificates were read from YubiKey `serial_read`, that
+    the attestation names that YubiKey."""
     result = verify_attestation(slot_cert, device_cert, keyid, extra_trust=extra_trust or [])
     if serial_read is not None and result.serial is not None and result.serial != serial_read:
         raise HsmsignError(f"the attestation names YubiKey {result.serial}, but it was read from "
