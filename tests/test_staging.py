@@ -273,6 +273,11 @@ def test_sign_file_takes_the_role_from_the_name_or_type_and_refuses_nonsense(rep
     assert "not TUF metadata" in ana[0].fails("sign", "--file", str(tmp_path / "junk.json")).error_lines[0]
     assert "either REPO ROLE or --file" in ana[0].fails("sign", str(path), "root", "--file",
                                                          str(lone)).error_lines[0]
+    targets = tmp_path / "2.targets.json"
+    shutil.copy(path / "metadata" / "1.targets.json", targets)
+    before = targets.read_bytes()
+    error = owner.fails("sign", "--file", str(targets), "--previous", str(lone)).error_lines[0]
+    assert "--previous ROOT_FILE is for signing a root" in error and targets.read_bytes() == before
 
 
 def test_cron_refresh_while_a_change_is_staged_publishes_what_clients_see(repo, server, tmp_path):
@@ -289,6 +294,9 @@ def test_cron_refresh_while_a_change_is_staged_publishes_what_clients_see(repo, 
     owner("target", "add", str(path), "builds/a.tgz", "--length", "4", "--sha256", "e" * 64,
           "--role", "builds")
     assert set(staged(owner, path)) == {"targets", "builds"}
+    out = owner("target", "add", str(path), "builds/b.tgz", "--length", "4", "--sha256", "f" * 64,
+                "--role", "builds")
+    assert "snapshot v" not in out.stderr and "timestamp v" not in out.stderr  # not signed out
     waiting = {p.name: p.read_bytes() for p in (path / "staged").iterdir()}
     timestamp = (path / "metadata" / "timestamp.json").read_bytes()
     out = json.loads(owner("repo", "refresh", str(path), "--within", "400", "--json").stdout)

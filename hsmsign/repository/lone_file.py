@@ -59,6 +59,9 @@ def sign_file(path: Path, service: SigningService, *, role: str | None = None,
         raise RepositoryError(f"{path} holds {md.signed.type} metadata, not {role}")
     if role not in TOP_LEVEL_ROLES and md.signed.type != "targets":
         raise RepositoryError(f"{path} holds {md.signed.type} metadata; a delegated role's is targets")
+    if previous is not None and role != "root":
+        raise RepositoryError(f"--previous ROOT_FILE is for signing a root; {path} is {role}; "
+                              "nothing changed")
     if role == "root":
         keys, threshold = _root_keys(md.signed)
         counted = dict(keys)

@@ -66,7 +66,10 @@ def settle(repo) -> None:
         return
     core = {r: md for r, md in pending.items() if r not in FOLLOWERS}
     if incomplete & core.keys():
-        # Snapshot and timestamp are made again when the change is published.
+        # Snapshot and timestamp are made again when the change is published; the ones
+        # signed now go nowhere, so they are not reported as signed.
+        for role in FOLLOWERS:
+            repo.reports.pop(role, None)
         _stage(repo, core, checks)
         return
     ready = dict(core)  # the roles, then snapshot, then timestamp, as far as they are signed
