@@ -68,43 +68,42 @@ md.to_file(out_path)  # python-tuf's own write: default JSONSerializer, Filesyst
 '''
 
 HSMSIGNER_SCRIPT = r'''
-import json, sys, time
+import json, sys
 sys.path.insert(0, sys.argv[1])
-from bench_repository import prepared
+from bench_repository import timed_metadata_signing
 from securesystemslib.signer import HSMSigner, SSlibKey
 keyid, keydict, cka_id, label, pin, n = sys.argv[2:8]
 key = SSlibKey.from_dict(keyid, json.loads(keydict))
 signer = HSMSigner(int(cka_id), key, lambda _: pin, label)
-mds = prepared(int(n))
-start = time.perf_counter()
-for md in mds:
-    md.sign(signer, append=True)
-elapsed = time.perf_counter() - start
-for md in (mds[0], mds[-1]):
-    key.verify_signature(md.signatures[keyid], md.signed_bytes)
-print(elapsed)
+print(timed_metadata_signing(signer, key, int(n)))
 '''
 
 
 URI_SCRIPT = r'''
-import json, sys, time
+import json, sys
 sys.path.insert(0, sys.argv[1])
-from bench_repository import prepared
+from bench_repository import prepared, timed_metadata_signing
 from securesystemslib.signer import Signer, SSlibKey
 import hsmsign.signing  # registers the hsmsign: URI scheme (docs/tokens.md)
 keyid, keydict, pin, n = sys.argv[2:6]
 key = SSlibKey.from_dict(keyid, json.loads(keydict))
 signer = Signer.from_priv_key_uri(f"hsmsign:{keyid}", key, lambda _: pin)
 prepared(1)[0].sign(signer, append=True)  # log in and find the key before timing, as the bare loop
-mds = prepared(int(n))
-start = time.perf_counter()
-for md in mds:
-    md.sign(signer, append=True)
-elapsed = time.perf_counter() - start
-for md in (mds[0], mds[-1]):
-    key.verify_signature(md.signatures[keyid], md.signed_bytes)
-print(elapsed)
+print(timed_metadata_signing(signer, key, int(n)))
 '''
+
+
+def timed_metadata_signing(signer, key, n: int) -> float:
+    """Seconds for `Metadata.sign` of `n` prepared roles with `signer` (the first and last
+    signatures checked against `key` afterwards, outside the timing)."""
+    mds = prepared(n)
+    start = time.perf_counter()
+    for md in mds:
+        md.sign(signer, append=True)
+    elapsed = time.perf_counter() - start
+    for md in (mds[0], mds[-1]):
+        key.verify_signature(md.signatures[key.keyid], md.signed_bytes)
+    return elapsed
 
 
 def prepared(n: int):

@@ -80,11 +80,12 @@ def member(name: str, data: bytes = b"", *, type=tarfile.REGTYPE, size: int | No
     return info, data
 
 
-def tar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    """A GNU-format tar of exactly these members (an announced size may exceed the data)."""
+def tar_of(members: list[tuple[tarfile.TarInfo, bytes]], format: int = tarfile.GNU_FORMAT) -> bytes:
+    """A tar (GNU format unless told) of exactly these members (an announced size may exceed
+    the data)."""
     out = bytearray()
     for info, data in members:
-        out += info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+        out += info.tobuf(format, "utf-8", "surrogateescape")
         if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
             out += data + b"\0" * (-len(data) % 512)
     return bytes(out + b"\0" * 1024)
@@ -425,12 +426,7 @@ def test_not_an_archive_at_all(tmp_path, tmp_path_factory, no_token_env):
 
 def ustar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
     """A POSIX USTAR tar of these members, as hsmsign writes its own (its fast reader's input)."""
-    out = bytearray()
-    for info, data in members:
-        out += info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-        if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            out += data + b"\0" * (-len(data) % 512)
-    return bytes(out + b"\0" * 1024)
+    return tar_of(members, tarfile.USTAR_FORMAT)
 
 
 def test_plain_ustar_tars_are_read_as_tarfile_reads_them(real_key):
