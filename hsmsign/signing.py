@@ -312,10 +312,11 @@ class SigningService:
             if problem and problem not in self.warnings:
                 self.warnings.append(problem)
         pending = [(plan, keyid) for plan in plans for keyid in plan.todo]
+        checkers = [self._checker(plan.keys[keyid]).verify_signature for plan, keyid in pending]
         with closing(self._signatures(pending)) as signatures:
-            for (plan, keyid), signature in zip(pending, signatures):
+            for (plan, keyid), verify, signature in zip(pending, checkers, signatures):
                 try:
-                    self._checker(plan.keys[keyid]).verify_signature(signature, plan.data)
+                    verify(signature, plan.data)
                 except Exception:  # noqa: BLE001
                     raise HsmsignError(
                         f"the signature key {keyid[:7]} made for {plan.report.role} does not "
@@ -334,7 +335,7 @@ class SigningService:
         if type(key) is not SSlibKey:
             return key
         checker = self._checkers.get(key.keyid)
-        if checker is None or checker.key != key:
+        if checker is None or (checker.key is not key and checker.key != key):
             checker = _ParsedKeyCheck(key)
             self._checkers[key.keyid] = checker
         return checker
