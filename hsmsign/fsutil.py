@@ -101,12 +101,15 @@ def read_small_file(path: Path | str, flags: int = 0) -> bytes:
     buffered file object per file costs more than the reading."""
     fd = os.open(path, os.O_RDONLY | flags)
     try:
-        chunks = [os.read(fd, 1 << 16)]  # a key file is far smaller: one read, then EOF
-        while chunks[-1]:
-            chunks.append(os.read(fd, 1 << 16))
+        data = os.read(fd, 1 << 16)  # a key file is far smaller: one read, then EOF
+        if data:
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            data = b"".join(chunks) if len(chunks) > 1 else data
     finally:
         os.close(fd)
-    return b"".join(chunks)
+    return data
 
 
 def sync_files(directory: str, paths: list[str]) -> None:

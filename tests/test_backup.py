@@ -690,3 +690,154 @@ def test_a_key_file_in_the_clear_or_a_link_is_never_backed_up(backup_home, tmp_p
         make()
         assert expected in cli.fails("backup", "create", "-o", str(usb)).error_lines[0]
         assert list(usb.iterdir()) == []
+
+
+# -- two cores for a large home (hsmsign/backup/forked.py, keyfiles.py) -----------------------
+
+READ_KEYS = r"""
+import json, os, signal, sys, threading
+from pathlib import Path
+from hsmsign.backup.keyfiles import read_key_files
+from hsmsign.config import NO_TOKEN
+from hsmsign.keystore.file import KeyFileError
+from hsmsign.keystore.stores import KeyStores
+from hsmsign.secrets import Secrets
+
+files = KeyStores(Path(sys.argv[1]), Secrets(environ={}), NO_TOKEN).files
+keyids = files.keyids()
+how = sys.argv[2]
+
+
+def children() -> list[int]:
+    # This script starts no process: a child is the forked reader (running, or exited and
+    # not yet waited for).
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.append(int(pid))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+out = {"keys": [], "children": 0}
+try:
+    if how == "serial":
+        read = files.each_key_files(keyids)
+    else:
+        read = read_key_files(files, keyids, parallel_min=2)
+    for n, f in enumerate(read):
+        if n == 0 and how != "serial":
+            out["children"] = len(children())
+            if how == "kill":
+                # The child waits at a FIFO among its key files: killed there, then the FIFO
+                # gives the key's bytes to whoever reads it next (this process, making up
+                # for the child's half).
+                for pid in children():
+                    os.kill(pid, signal.SIGKILL)
+                fifo, original = sys.argv[3], open(sys.argv[4], "rb").read()
+                threading.Thread(target=lambda: open(fifo, "wb").write(original)).start()
+        r = f.record
+        out["keys"].append([r.keyid, r.role, r.gun, r.algorithm, str(r.store), r.location,
+                            f.private.hex(), f.public.hex() if f.public else None])
+except KeyFileError as e:
+    out["error"] = [str(e.path), e.fault.name, str(e)]
+out["left"] = len(children())
+print(json.dumps(out))
+"""
+
+
+def read_keys(home: Path, how: str, *more: str) -> dict:
+    done = run(sys.executable, "-c", READ_KEYS, str(home), how, *more, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_large_home_is_read_by_two_processes_in_order_with_the_same_first_error(
+        backup_home, tmp_path):
+    """read_key_files with a child reading the second half (parallel_min=2 stands in for the
+    2,000 keys that make it pay): the same keys, bytes and records in the same order as one by
+    one, the same first fault wherever it is, and a child killed midway is made up for."""
+    serial = read_keys(backup_home, "serial")
+    assert len(serial["keys"]) >= 4 and "error" not in serial
+    parallel = read_keys(backup_home, "parallel")
+    assert parallel["children"] == 1 and parallel["left"] == 0
+    assert parallel["keys"] == serial["keys"]
+    keyids = [k[0] for k in serial["keys"]]
+    home = tmp_path / "fifo"
+    shutil.copytree(backup_home, home, symlinks=True)
+    waiting = home / "private" / f"{keyids[-1]}.key"
+    waiting.unlink()
+    os.mkfifo(waiting)
+    killed = read_keys(home, "kill", str(waiting),
+                       str(backup_home / "private" / f"{keyids[-1]}.key"))
+    assert killed["children"] == 1 and killed["left"] == 0
+    assert killed["keys"] == [[*k[:5], str(home / "private" / f"{k[0]}.key"), *k[6:]]
+                              for k in serial["keys"]]
+
+    for index in (1, len(keyids) - 2):  # the first half (read here), the second (the child)
+        home = tmp_path / f"home{index}"
+        shutil.copytree(backup_home, home, symlinks=True)
+        (home / "private" / f"{keyids[index]}.key").write_bytes(b"-----BEGIN ENCRYPTED "
+                                                                  b"PRIVATE KEY-----\n!!\n")
+        (home / "private" / f"{keyids[-1]}.key").unlink()
+        (home / "private" / f"{keyids[-1]}.key").symlink_to("/etc/passwd")
+        one_by_one, both = read_keys(home, "serial"), read_keys(home, "parallel")
+        assert one_by_one["error"][:2] == [str(home / "private" / f"{keyids[index]}.key"),
+                                            "CORRUPT"]
+        assert both["error"] == one_by_one["error"] and both["keys"] == one_by_one["keys"]
+        assert both["left"] == 0
+
+
+FORKED = r"""
+import os, sys
+from hsmsign.backup.forked import ChildFailed, Forked
+
+def fails():
+    raise RuntimeError("in the child")
+
+def dies():
+    os.kill(os.getpid(), 9)
+
+print("once", flush=True)  # the child never comes back here to print it again
+assert Forked.start(lambda a, b: (a, b, [b"\x00" * 3]), "x", 2).result() == ("x", 2, [b"\x00" * 3])
+for fn in (fails, dies, lambda: object()):
+    try:
+        Forked.start(fn).result()
+        raise SystemExit(f"no ChildFailed from {fn}")
+    except ChildFailed:
+        pass
+import threading
+stop = threading.Event()
+threading.Thread(target=stop.wait).start()
+assert Forked.start(lambda: 1) is None  # another thread runs: no fork
+stop.set()
+print("done")
+"""
+
+
+def test_a_forked_childs_failure_is_reported_never_run_twice():
+    done = run(sys.executable, "-c", FORKED, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["once", "done"]
+
+
+def test_a_backup_of_2000_keys_is_read_by_two_processes_and_restores_every_file(
+        backup_home, tmp_path, no_token_env, custodians):
+    """Above PARALLEL_MIN keys `backup create` reads half of them in a child process and
+    checks the archive decrypts in another: what restores is every file, byte for byte."""
+    from hsmsign.backup.keyfiles import PARALLEL_MIN
+
+    home = tmp_path / "home"
+    shutil.copytree(backup_home, home, symlinks=True)
+    source = sorted((home / "private").iterdir())[0].read_bytes()
+    for n in range(PARALLEL_MIN):  # and one real key file under made-up IDs (no public key
+        (home / "private" / f"{n:064x}.key").write_bytes(source)  # file: it would not match)
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    env = dict(no_token_env)
+    archive = Cli(home, env)("backup", "create", "-o", str(usb), "-r", custodians[0][1])
+    restored = tmp_path / "restored"
+    Cli(restored, env)("backup", "restore", archive.stdout.strip(), "-i", str(custodians[0][0]))
+    assert key_files(restored) == key_files(home)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hsmsign.cli.context import common_options, pass_app
+from hsmsign.cli.context import collector_paused, common_options, pass_app
 
 # A progress bar is drawn (on a terminal) when there are at least this many keys.
 PROGRESS_MIN_KEYS = 50
@@ -100,7 +100,7 @@ def create(app, outputs, recipients, recipient_files):
     parsed = [(r, parse_recipient(r, "--recipient")) for r in recipients]
     for f in recipient_files:
         parsed.extend(read_recipients_file(f))
-    with _progress(app) as progress:
+    with _progress(app) as progress, collector_paused():  # 10,000 keys: see collector_paused
         result = create_backup(app.stores, list(outputs), recipients=parsed, force=app.force,
                                progress=progress)
     for warning in result.warnings:

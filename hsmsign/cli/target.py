@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hsmsign.cli.context import REPO, common_options, pass_app
+from hsmsign.cli.context import REPO, collector_paused, common_options, pass_app
 
 
 @click.group()
@@ -29,7 +29,7 @@ def target():
 def add(app, repo, path, file_, length, sha256, from_manifest, role):
     """Add a target PATH to ROLE (by --file, or --length and --sha256), or many --from-manifest."""
     from hsmsign.errors import HsmsignError
-    from hsmsign.repository.targets import (collector_paused, target_from_file, target_from_hash,
+    from hsmsign.repository.targets import (target_from_file, target_from_hash,
                                             targets_from_manifest)
 
     uploads = []

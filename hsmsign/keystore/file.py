@@ -41,6 +41,8 @@ from hsmsign.keystore.base import KeyStore, Listing, StoreContext, StoreKind
 from hsmsign.secrets import Secrets
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
     from securesystemslib.signer import Key, Signer
 
@@ -177,42 +179,47 @@ class FileKeyStore(KeyStore):
             location=str(path),
         )
 
-    def key_files(self, keyid: str) -> KeyFiles:
-        """The bytes of a key's files, each read once (a link refused), and its record from
+    def each_key_files(self, keyids) -> Iterator[KeyFiles]:
+        """The bytes of each key's files, each read once (a link refused), and its record from
         them, without the passphrase: what a backup carries. Never a key in the clear."""
-        # Plain strings for the paths: a backup reads 10,000 keys' files, and pathlib costs
-        # more than the reading (bench/bench_backup.py).
-        path = os.path.join(os.fspath(self.private_dir), f"{keyid}.key")
-        try:
-            data = read_no_follow(path)
-        except OSError as e:
-            fault = KeyFileFault.LINK if e.errno == errno.ELOOP else KeyFileFault.UNREADABLE
-            raise KeyFileError(Path(path), fault, e.strerror or "") from None
-        try:
-            block = pkcs8.read_private_key_pem(data)
-        except pkcs8.KeyFormatError as e:
-            raise KeyFileError(Path(path), KeyFileFault.CORRUPT, str(e)) from None
-        if not block.encrypted:  # hsmsign never writes one: planted, or put there by hand
-            raise KeyFileError(Path(path), KeyFileFault.CLEAR)
-        public_path = os.path.join(os.fspath(self.public_dir), f"{keyid}.pub")
-        try:
-            public = read_small_file(public_path)
-        except FileNotFoundError:
-            public = None
-        except OSError as e:
-            raise KeyFileError(Path(public_path), KeyFileFault.PUBLIC_UNREADABLE,
-                               e.strerror or "") from None
-        alg = "unknown"
-        if public is not None:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        # Plain strings for the paths, and the set-up done once: a backup reads 10,000 keys'
+        # files, and pathlib costs more than the reading (bench/bench_backup.py).
+        private_dir, public_dir = os.fspath(self.private_dir), os.fspath(self.public_dir)
+        for keyid in keyids:
+            path = f"{private_dir}/{keyid}.key"
             try:
-                alg = algorithm_of(load_public_key_pem(public)).name
-            except HsmsignError:
-                raise KeyFileError(Path(public_path), KeyFileFault.PUBLIC_CORRUPT) from None
-        headers = {k.lower(): v for k, v in block.headers.items()}
-        record = KeyRecord(keyid=keyid, role=headers.get("role", "unknown"),
-                           gun=headers.get("gun") or None, algorithm=alg, store=STORE,
-                           location=str(path))
-        return KeyFiles(record, data, public)
+                data = read_no_follow(path)
+            except OSError as e:
+                fault = KeyFileFault.LINK if e.errno == errno.ELOOP else KeyFileFault.UNREADABLE
+                raise KeyFileError(Path(path), fault, e.strerror or "") from None
+            try:
+                block = pkcs8.read_private_key_pem(data)
+            except pkcs8.KeyFormatError as e:
+                raise KeyFileError(Path(path), KeyFileFault.CORRUPT, str(e)) from None
+            if not block.encrypted:  # hsmsign never writes one: planted, or put there by hand
+                raise KeyFileError(Path(path), KeyFileFault.CLEAR)
+            public_path = f"{public_dir}/{keyid}.pub"
+            try:
+                public = read_small_file(public_path)
+            except FileNotFoundError:
+                public = None
+            except OSError as e:
+                raise KeyFileError(Path(public_path), KeyFileFault.PUBLIC_UNREADABLE,
+                                   e.strerror or "") from None
+            alg = "unknown"
+            if public is not None:
+                try:
+                    alg = algorithm_of(load_pem_public_key(public)).name
+                except (ValueError, UnsupportedAlgorithm, HsmsignError):
+                    raise KeyFileError(Path(public_path), KeyFileFault.PUBLIC_CORRUPT) from None
+            headers = {k.lower(): v for k, v in block.headers.items()}
+            record = KeyRecord(keyid=keyid, role=headers.get("role", "unknown"),
+                               gun=headers.get("gun") or None, algorithm=alg, store=STORE,
+                               location=path)
+            yield KeyFiles(record, data, public)
 
     def public_key(self, keyid: str):
         try:

@@ -27,8 +27,22 @@ inside, notary's quirks), `reading` and `writing`; the names below are the publi
 
 from hsmsign.pkcs8.errors import KeyFormatError, PassphraseRequired, WrongPassphrase
 from hsmsign.pkcs8.pem import PemBlock, read_private_key_pem
-from hsmsign.pkcs8.reading import load_private_key
-from hsmsign.pkcs8.writing import encrypt_notary_pem, encrypt_private_key_pem, public_key_of
+
+# Reading and writing key bodies need asn1crypto (~20 ms to import); listing keys or backing
+# them up reads only the PEM, so those names load on first use.
+_LAZY = {"load_private_key": "reading", "encrypt_private_key_pem": "writing",
+         "encrypt_notary_pem": "writing", "public_key_of": "writing"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"hsmsign.pkcs8.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "KeyFormatError",

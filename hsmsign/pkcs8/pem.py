@@ -63,7 +63,9 @@ def read_private_key_pem(data: bytes) -> PemBlock:
         data = data.encode("utf-8")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("data must be bytes")
-    text = bytes(data).decode("latin-1").replace("\r\n", "\n").replace("\r", "\n")
+    text = bytes(data).decode("latin-1")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
 
     pos = 0
     while True:
@@ -83,12 +85,10 @@ def read_private_key_pem(data: bytes) -> PemBlock:
 
 
 def _parse_pem_body(label: str, body: str) -> PemBlock:
-    lines = [line.strip() for line in body.split("\n")]
+    lines = body.split("\n")
     # The BEGIN line's own line end leaves an empty first element.
-    if lines and lines[0] == "":
-        lines = lines[1:]
+    i = 1 if lines and not lines[0].strip() else 0
     headers: dict[str, str] = {}
-    i = 0
     while i < len(lines) and ":" in lines[i]:
         name, value = lines[i].split(":", 1)
         name = name.strip()
@@ -96,18 +96,14 @@ def _parse_pem_body(label: str, body: str) -> PemBlock:
             raise KeyFormatError(f"malformed header line in {label} PEM block")
         headers[name] = value.strip()
         i += 1
+    # The base64 with every line end and any other whitespace removed (one split in C).
+    b64 = "".join("\n".join(lines[i:]).split())
+    if not b64:
+        raise KeyFormatError(f"empty {label} PEM block")
     try:
-        # The lines are stripped: no whitespace is left inside them as a rule, and the strict
-        # decoder refuses any there was, sending such a body the long way below.
-        der = base64.b64decode("".join(lines[i:]).encode("ascii"), validate=True)
+        der = base64.b64decode(b64.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        b64 = "".join("".join(line.split()) for line in lines[i:])
-        if not b64:
-            raise KeyFormatError(f"empty {label} PEM block") from None
-        try:
-            der = base64.b64decode(b64.encode("ascii"), validate=True)
-        except (binascii.Error, ValueError, UnicodeEncodeError):
-            raise KeyFormatError(f"broken base64 in {label} PEM block") from None
+        raise KeyFormatError(f"broken base64 in {label} PEM block") from None
     if not der:
         raise KeyFormatError(f"empty {label} PEM block")
     return PemBlock(label=label, headers=headers, der=der)
