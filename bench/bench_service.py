@@ -15,6 +15,9 @@ Each round, in turn (so that load from other processes hits every path alike):
   unix         `--requests` POST /v1/sign over `--clients` keep-alive connections at once, from
                a client process (asyncio, requests written as bytes: the client is cheap)
   mutual TLS   the same over HTTPS with a client certificate
+  HTTP alone   the same requests to a bare aiohttp app on a Unix socket that reads the body and
+               answers a fixed signature: what HTTP and the client cost, the floor for any
+               service built on aiohttp (the issue names it) on this machine
 The payload is the signed part of a small timestamp (what a pipeline refreshes hourly). Every
 path's signature is verified first. The table shows medians over rounds; latency p50/p99 are
 over all requests of all rounds. Target (issue 17): unix >= 0.7x in-process.
@@ -78,6 +81,22 @@ async def main():
 
 elapsed = asyncio.run(main())
 print(json.dumps({"seconds": elapsed, "latencies": latencies}))
+'''
+
+
+BARE_SCRIPT = r'''
+import sys
+from aiohttp import web
+answer = {"keyid": sys.argv[2], "sig": "00" * 70}
+
+async def sign(request):
+    await request.read()
+    return web.json_response(answer)
+
+app = web.Application()
+app.router.add_post("/v1/sign", sign)
+print("listening on unix:" + sys.argv[1], file=sys.stderr, flush=True)
+web.run_app(app, path=sys.argv[1], print=None, access_log=None)
 '''
 
 
@@ -178,6 +197,12 @@ def run(args, work: Path, procs: list) -> None:
                           "--client-ca", pki["ca"]))
     procs.append(tls)
 
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SCRIPT, str(work / "bare.sock"), keyid],
+                            env=env, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    procs.append(bare)
+    bare.stderr.readline()  # listening
+    bare_url = f"unix:{work / 'bare.sock'}"
+
     expires = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(hours=12)
     md = Metadata(Timestamp(version=7, expires=expires))
     payload = md.signed_bytes
@@ -219,7 +244,8 @@ def run(args, work: Path, procs: list) -> None:
     paths = {"in-process TokenSigner": in_process,
              "service, Unix socket": through("service, Unix socket", unix_url, None, unix.pid),
              "service, mutual TLS": through("service, mutual TLS", tls_url,
-                                            {k: pki[k] for k in ("ca", "cert", "key")}, tls.pid)}
+                                            {k: pki[k] for k in ("ca", "cert", "key")}, tls.pid),
+             "HTTP alone (aiohttp)": through("HTTP alone (aiohttp)", bare_url, None, bare.pid)}
     rates = {name: [] for name in paths}
     latencies = {name: [] for name in paths}
     ratios = {name: [] for name in paths}
@@ -250,6 +276,9 @@ def run(args, work: Path, procs: list) -> None:
               f"{statistics.median(cpu[name]) * 1e6:10.0f}")
     ratio = statistics.median(ratios["service, Unix socket"])
     print()
+    floor = statistics.median(rates["HTTP alone (aiohttp)"])
+    print(f"Unix socket / HTTP alone: {statistics.median(rates['service, Unix socket']) / floor:.2f}x "
+          "(the service's own work per request, apart from HTTP and the client)")
     print(f"Unix socket / in-process: {ratio:.2f}x (per-round "
           f"{min(ratios['service, Unix socket']):.2f}-{max(ratios['service, Unix socket']):.2f}); "
           f"target >= {TARGET}x: {'met' if ratio >= TARGET else 'NOT MET'}")

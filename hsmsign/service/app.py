@@ -20,6 +20,7 @@ import logging
 import socket
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -58,11 +59,23 @@ class State:
     in_flight: int = 0  # requests whose handler runs (SIGTERM waits for them)
 
 
+# A connection's peer is fixed when it connects (SO_PEERCRED gives the credentials of the
+# connect(), a TLS certificate its handshake): asked once per connection, not per request.
+_PEERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def peer_of(request: web.Request) -> Peer:
     """The peer of the request's connection: its certificate's names, or its uid/gid."""
     transport = request.transport
     if transport is None:
         raise Unauthenticated("the connection closed")
+    peer = _PEERS.get(transport)
+    if peer is None:
+        peer = _PEERS[transport] = _connection_peer(transport)
+    return peer
+
+
+def _connection_peer(transport) -> Peer:
     cert = transport.get_extra_info("peercert")
     if cert:
         names = [value for rdn in cert.get("subject", ()) for key, value in rdn

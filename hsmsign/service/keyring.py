@@ -29,6 +29,7 @@ from hsmsign.keys import KeyRecord
 from hsmsign.keystore.base import StoreKind
 from hsmsign.keystore.stores import KeyStores
 from hsmsign.service.errors import StoreUnavailable
+from hsmsign.service.handoff import BatchedWorker
 from hsmsign.service.policy import Policy
 from hsmsign.signing import signer_for
 
@@ -106,6 +107,7 @@ class KeyRing:
         self.keys: dict[str, ServedKey] = {}
         self.states: dict[str, StoreState] = {}
         self._hardware = ThreadPoolExecutor(1, thread_name_prefix="hsmsign-hardware")
+        self._hardware_signing = BatchedWorker(self._hardware)
         self._software = ThreadPoolExecutor(2, thread_name_prefix="hsmsign-files")
         self._network = ThreadPoolExecutor(NETWORK_WORKERS, thread_name_prefix="hsmsign-network")
         self._recovery: asyncio.Task | None = None
@@ -156,10 +158,12 @@ class KeyRing:
         state = self.states[key.kind]
         if not state.up:
             raise StoreUnavailable(self._down_message(state))
-        loop = asyncio.get_running_loop()
         try:
-            signature = await loop.run_in_executor(self._executor(key.kind), key.signer.sign,
-                                                   payload)
+            if key.kind in HARDWARE_KINDS:  # one thread: requests waiting share its hand-offs
+                signature = await self._hardware_signing.call(key.signer.sign, payload)
+            else:
+                signature = await asyncio.get_running_loop().run_in_executor(
+                    self._executor(key.kind), key.signer.sign, payload)
         except Exception as e:  # noqa: BLE001 - any store failure: down until it answers again
             self._mark_down(state, f"{type(e).__name__}: {e}")
             raise StoreUnavailable(self._down_message(state)) from None
