@@ -9,11 +9,9 @@ without its hash. Editing, removing or reordering an entry breaks the chain wher
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 
-from securesystemslib.formats import encode_canonical
-
+from hsmsign.canonical import canonical_json
 from hsmsign.errors import HsmsignError
 
 GENESIS = "0" * 64
@@ -27,19 +25,6 @@ class ChainBroken(HsmsignError):
         super().__init__(message)
         self.index = index
         self.edited = edited
-
-
-def canonical_json(value) -> str:
-    """securesystemslib's canonical JSON of `value` (JSON data without floats), fast.
-
-    Canonical JSON escapes only `"` and `\\` in strings; `json.dumps` with sorted keys, no
-    spaces and no ASCII escaping writes the very same text unless it escaped something (a
-    backslash then appears in its output): only then is securesystemslib's slower encoder
-    needed. Floats, which canonical JSON refuses, must be kept out by the caller.
-    """
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
-    return encode_canonical(value) if "\\" in text else text
 
 
 def entry_hash(entry: dict) -> str:

@@ -26,6 +26,7 @@ from securesystemslib.signer import (
     SSlibKey,
 )
 
+from hsmsign.canonical import signed_bytes
 from hsmsign.config import load_token_config, resolve_home
 from hsmsign.errors import HsmsignError
 from hsmsign.keys import key_id, load_public_key_pem, tuf_key
@@ -154,7 +155,7 @@ class SigningReport:
 def valid_signers(md: Metadata, keys: dict[str, Key], data: bytes | None = None) -> list[str]:
     """Key IDs of `keys` with a valid signature on `md` (`data`: its canonical bytes, if known)."""
     valid = []
-    data = md.signed_bytes if data is None else data
+    data = signed_bytes(md) if data is None else data
     for keyid, sig in md.signatures.items():
         key = keys.get(keyid)
         if key is None:
@@ -228,7 +229,7 @@ _ECDSA_CURVES = _ecdsa_curves()
 
 def _data(plan: _Plan) -> bytes:
     if plan.data is None:
-        plan.data = plan.md.signed_bytes
+        plan.data = signed_bytes(plan.md)
     return plan.data
 
 
@@ -345,7 +346,7 @@ class SigningService:
         counted = keys if counted is None else counted
         # Canonical JSON once (it dominates for big roles); for unsigned metadata, only when a
         # key here signs it, so that a batch serialises while the token signs.
-        data = md.signed_bytes if md.signatures else None
+        data = signed_bytes(md) if md.signatures else None
         verified = set(valid_signers(md, {**keys, **counted}, data)) if md.signatures else set()
         # Keys already signed (e.g. `sign` run twice) are not signed again.
         todo = [k for k in self.available(sorted(keys)) if k not in verified]

@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hsmsign"
 # A part may import the parts of lower layers only.
 LAYERS = [
     {"errors", "hsmsign", "data"},  # "hsmsign": the package itself (__version__); data: files
+    {"canonical"},
     {"keys", "pkcs8", "fsutil", "hashchain"},
     {"config", "secrets"},
     {"keystore"},

@@ -18,7 +18,7 @@ from pathlib import Path
 from tuf.api.metadata import Root, Signed, Snapshot, Targets, Timestamp
 from tuf.api.metadata import Metadata
 
-from hsmsign.hashchain import canonical_json
+from hsmsign.canonical import canonical_json
 from hsmsign.keys import KeyRecord, is_top_level
 from hsmsign.service.errors import NotAcceptable
 from hsmsign.service.policy import Client
