@@ -1,5 +1,6 @@
 """The arrows of docs/architecture.md hold: cli -> ceremony -> service/backup/repository ->
-signing -> keystore -> secrets/config -> keys/pkcs8/fsutil -> errors, and no import cycles.
+signing -> keystore -> secrets/config -> keys/pkcs8/fsutil/hashchain -> canonical -> errors,
+and no import cycles.
 
 Read from the source with `ast` (imports inside functions too; those only for type checking
 aside), so a new upward import fails here, not in a review."""
