@@ -28,19 +28,19 @@ class BatchedWorker:
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)`, run on the worker thread; its result or its exception."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        job = (fn, args, loop.create_future())
         with self._lock:
-            self._queue.append((fn, args, future))
+            self._queue.append(job)
             start, self._draining = not self._draining, True
         if start:
             try:
                 self._executor.submit(self._drain, loop)
-            except BaseException:  # shut down: nothing will drain the queue
+            except BaseException:  # shut down: nothing will run this call
                 with self._lock:
-                    self._queue.clear()
+                    self._queue.remove(job)
                     self._draining = False
                 raise
-        return await future
+        return await job[2]
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the worker: run batches until the queue is empty."""
