@@ -38,14 +38,15 @@ def test_calls_waiting_together_share_a_hand_off_in_the_order_asked():
             handed_over = pool._work_queue.qsize()
             gate.set()
             results = await asyncio.gather(first, *rest)
-            return results, handed_over, worker._draining
+            await asyncio.sleep(0.05)  # the worker finds the queue empty and goes idle
+            later = await asyncio.wait_for(worker.call(work, 50), 5)  # a new drain starts
+            return results, handed_over, later
 
-    results, handed_over, draining = run(main())
+    results, handed_over, later = run(main())
     assert handed_over == 0
-    assert results == [n * n for n in range(50)]
-    assert [n for n, _ in seen] == list(range(50))
+    assert results == [n * n for n in range(50)] and later == 2500
+    assert [n for n, _ in seen] == list(range(51))
     assert {name for _, name in seen} == {"worker_0"}
-    assert not draining  # idle again: the next call starts a new drain
 
 
 def test_each_caller_gets_its_own_error_and_the_worker_goes_on():
