@@ -266,3 +266,19 @@ def test_a_home_that_is_someone_elses_directory_is_refused_not_chmod_ed(tmp_path
     own.chmod(0o755)
     Cli(own, dict(no_token_env))("key", "generate", "targets", "--store", "file")
     assert own.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("args, says", [
+    (("key", "generate"), "error: Missing argument 'ROLE'; see `hsmsign key generate --help`"),
+    (("key", "generate", "targets", "--bogus"), "error: No such option '--bogus'"),
+    (("key", "genrate"), "error: No such command 'genrate'. Did you mean 'generate'?"),
+    (("backup", "restore", "/nonexistent.tar.age", "-i", "/nonexistent"),
+     "error: Invalid value for '--identity' / '-i'"),
+])
+def test_a_usage_mistake_is_one_error_line_exit_1_and_writes_nothing(home, file_cli, args, says):
+    """click's own errors keep the contract of every other error: one line, exit code 1."""
+    out = file_cli.fails(*args)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith(says), out.stderr
+    assert "Usage:" not in out.stderr and out.stdout == ""
+    assert tree_digest(home) == {}

@@ -86,9 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted; nothing was changed", app)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:  # a missing argument, an unknown option, a bad value
+        where = e.ctx.command_path if e.ctx is not None else "hsmsign"
+        _fail(f"{_one_line(e.format_message()).rstrip('.')}; see `{where} --help`", app)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _fail(_one_line(e.format_message()), app)
     except KeyboardInterrupt:
         _fail("interrupted", app)
     except Exception as e:  # noqa: BLE001 - every failure becomes one error line
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
             _fail(str(e), app)
         _fail(f"unexpected {type(e).__name__}: {e}; re-run with --verbose for details", app)
     sys.exit(0)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def _fail(message: str, app: AppContext) -> None:
