@@ -235,6 +235,8 @@ def run(args, work: Path, procs: list) -> None:
     cpu: dict[str, list[float]] = {}  # path -> CPU seconds per signature, per round
 
     def work_alone() -> tuple[float, list]:
+        import asyncio
+
         from hsmsign.keys import KeyRecord
         from hsmsign.service.acceptance import accept
         from hsmsign.service.app import _no_float
@@ -267,7 +269,6 @@ def run(args, work: Path, procs: list) -> None:
             audit.close()
             return elapsed
 
-        import asyncio
         return args.n / asyncio.run(requests()), []
 
     def through(name: str, url: str, tls_files: dict | None, service_pid: int):

@@ -101,15 +101,12 @@ def read_small_file(path: Path | str, flags: int = 0) -> bytes:
     buffered file object per file costs more than the reading."""
     fd = os.open(path, os.O_RDONLY | flags)
     try:
-        data = os.read(fd, 1 << 16)  # a key file is far smaller: one read, then EOF
-        if data:
-            chunks = [data]
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            data = b"".join(chunks) if len(chunks) > 1 else data
+        chunks = [os.read(fd, 1 << 16)]  # a key file is far smaller: one read, then EOF
+        while chunks[-1]:
+            chunks.append(os.read(fd, 1 << 16))
     finally:
         os.close(fd)
-    return data
+    return chunks[0] if len(chunks) <= 2 else b"".join(chunks)  # one read: no copy of it
 
 
 def sync_files(directory: str, paths: list[str]) -> None:
